@@ -1,0 +1,394 @@
+"""What a plugin touches: multi-valued headers and args, the request, and the two responses.
+
+Nothing here knows of sockets: values APISIX holds (variables, bodies) arrive through small
+callables the runner hands in, fetched on first use and kept for the rest of the call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator
+
+Entry = tuple[str, "str | None"]
+FetchVar = Callable[[str], "bytes | None"]
+FetchBody = Callable[[], "bytes | None"]
+
+# Headers a hop-by-hop proxy must not forward; never echoed back to APISIX in a response reply.
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+))
+
+
+def _to_text(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _to_bytes(data: str | bytes | bytearray) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+class _MultiDict:
+    """An ordered multi-valued mapping that remembers which names were changed.
+
+    Each name keeps the spelling it was first seen with; `_fold` decides which names are equal.
+    """
+
+    __slots__ = ("_data", "_touched")
+    _allow_none = False
+
+    @staticmethod
+    def _fold(name: str) -> str:
+        return name
+
+    def _check(self, name: str, value: str | None) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{type(self).__name__} names are non-empty strings, got {name!r}")
+        if not (isinstance(value, str) or (value is None and self._allow_none)):
+            raise TypeError(f"{type(self).__name__} values are strings, got {value!r} for {name!r}")
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        self._data: dict[str, tuple[str, list[str | None]]] = {}
+        self._touched: dict[str, list[str | None]] = {}
+        data = self._data
+        fold = self._fold
+        for name, value in entries:
+            key = fold(name)
+            slot = data.get(key)
+            if slot is None:
+                data[key] = (name, [value])
+            else:
+                slot[1].append(value)
+
+    def _touch(self, key: str) -> None:
+        if key not in self._touched:
+            slot = self._data.get(key)
+            self._touched[key] = list(slot[1]) if slot else []
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of `name`, or `default` when it is absent."""
+        slot = self._data.get(self._fold(name))
+        return slot[1][0] if slot else default
+
+    def get_all(self, name: str) -> list[str | None]:
+        """Every value of `name`, in order (empty when absent)."""
+        slot = self._data.get(self._fold(name))
+        return list(slot[1]) if slot else []
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of `name` with one value."""
+        self._check(name, value)
+        key = self._fold(name)
+        self._touch(key)
+        self._data[key] = (name, [value])
+
+    def add(self, name: str, value: str) -> None:
+        """Append one more value to `name`."""
+        self._check(name, value)
+        key = self._fold(name)
+        self._touch(key)
+        slot = self._data.get(key)
+        if slot is None:
+            self._data[key] = (name, [value])
+        else:
+            slot[1].append(value)
+
+    def delete(self, name: str) -> None:
+        """Remove `name` and all its values (no error when absent)."""
+        key = self._fold(name)
+        self._touch(key)
+        self._data.pop(key, None)
+
+    def items(self) -> list[Entry]:
+        """Every (name, value) pair, one per value."""
+        return [(name, value) for name, values in self._data.values() for value in values]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._fold(name) in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __bool__(self) -> bool:
+        return bool(self._data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.items()!r})"
+
+    @property
+    def changed(self) -> bool:
+        """True when some name now holds other values than it started with."""
+        return any(self._current(key) != before for key, before in self._touched.items())
+
+    def _current(self, key: str) -> list[str | None]:
+        slot = self._data.get(key)
+        return slot[1] if slot else []
+
+    def changes(self) -> list[tuple[str, list[str | None]]]:
+        """(name, new values) for every changed name; an empty list of values means deleted."""
+        out = []
+        for key, before in self._touched.items():
+            now = self._current(key)
+            if now != before:
+                slot = self._data.get(key)
+                out.append((slot[0] if slot else key, list(now)))
+        return out
+
+
+class Headers(_MultiDict):
+    """HTTP headers: case-insensitive names, several values per name."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _fold(name: str) -> str:
+        return name.lower()
+
+
+class Args(_MultiDict):
+    """Query arguments: several values per name; a flag such as `?debug` has the value None.
+
+    APISIX cannot add a flag to a query: a None value set by a plugin is sent as an empty value.
+    """
+
+    __slots__ = ()
+    _allow_none = True
+
+
+class Request:
+    """The client request as APISIX describes it in an HTTPReqCall (pre-req and post-req)."""
+
+    def __init__(
+        self,
+        id: int,
+        src_ip: bytes,
+        method: str,
+        path: str,
+        args: Iterable[Entry],
+        headers: Iterable[Entry],
+        fetch_var: FetchVar,
+        fetch_body: FetchBody,
+    ) -> None:
+        self.id = id
+        self.method = method
+        self._src_ip = src_ip
+        self._path = path
+        self._original_path = path
+        self._raw_args = args
+        self._raw_headers = headers
+        self._args: Args | None = None
+        self._headers: Headers | None = None
+        self._fetch_var = fetch_var
+        self._fetch_body = fetch_body
+        self._vars: dict[str, str | None] = {}
+        self._body: bytes | None = None
+        self._new_body: bytes | None = None
+        self._resp_headers: Headers | None = None
+
+    @property
+    def src_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The client address (APISIX sends 4 or 16 raw bytes); None when it sent neither."""
+        if len(self._src_ip) in (4, 16):
+            return ipaddress.ip_address(self._src_ip)
+        return None
+
+    @property
+    def path(self) -> str:
+        """The path APISIX will proxy (nginx's normalized, percent-decoded `$uri`); settable."""
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError("path must be a non-empty string")
+        self._path = value
+
+    @property
+    def path_changed(self) -> bool:
+        """True when a plugin set another path."""
+        return self._path != self._original_path
+
+    @property
+    def args(self) -> Args:
+        """The query arguments, percent-decoded; changes are sent to APISIX."""
+        if self._args is None:
+            self._args = Args(self._raw_args)
+        return self._args
+
+    @property
+    def headers(self) -> Headers:
+        """The request headers (names lower-cased by APISIX); changes are sent to APISIX."""
+        if self._headers is None:
+            self._headers = Headers(self._raw_headers)
+        return self._headers
+
+    @property
+    def resp_headers(self) -> Headers:
+        """Headers to add to the eventual client response while the request goes on.
+
+        APISIX ignores these names here: connection, content-length, transfer-encoding,
+        location, server, www-authenticate, content-encoding, content-type, content-location,
+        content-language. Stop the request (the `response` argument) to set them.
+        """
+        if self._resp_headers is None:
+            self._resp_headers = Headers()
+        return self._resp_headers
+
+    def var(self, name: str) -> str | None:
+        """An nginx or APISIX variable (`remote_addr`, `route_id`, ...), None when it is unset.
+
+        Asked from APISIX on first use, then kept for the rest of the call.
+        """
+        if name not in self._vars:
+            raw = self._fetch_var(name)
+            self._vars[name] = None if raw is None else _to_text(raw)
+        return self._vars[name]
+
+    def body(self) -> bytes:
+        """The request body (asked from APISIX once per call); b"" when there is none.
+
+        After set_body, the new body.
+        """
+        if self._new_body is not None:
+            return self._new_body
+        if self._body is None:
+            self._body = self._fetch_body() or b""
+        return self._body
+
+    def set_body(self, data: str | bytes) -> None:
+        """Replace the body the upstream receives (APISIX adjusts Content-Length).
+
+        An empty body cannot be expressed in the protocol, so it is refused.
+        """
+        data = _to_bytes(data)
+        if not data:
+            raise ValueError("APISIX cannot replace a request body with an empty one")
+        self._new_body = data
+
+    @property
+    def new_body(self) -> bytes | None:
+        """The body set by a plugin, None when untouched."""
+        return self._new_body
+
+    @property
+    def args_loaded(self) -> bool:
+        """True once a plugin looked at the args (only then can they have changed)."""
+        return self._args is not None
+
+    @property
+    def headers_loaded(self) -> bool:
+        """True once a plugin looked at the headers."""
+        return self._headers is not None
+
+    @property
+    def resp_headers_loaded(self) -> bool:
+        """True once a plugin added response headers."""
+        return self._resp_headers is not None
+
+
+class StopResponse:
+    """The response a request-phase plugin may give instead of proxying.
+
+    Setting the status, touching a header or writing a body stops the request in APISIX with
+    this response and ends the plugin chain. Status 0 becomes 200 in APISIX.
+    """
+
+    def __init__(self) -> None:
+        self._status = 0
+        self.headers = Headers()
+        self._body = bytearray()
+        self._written = False
+
+    @property
+    def status(self) -> int:
+        """The HTTP status to answer with (0 until set; APISIX answers 0 as 200)."""
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+            raise ValueError(f"status must be an integer in 100..599, got {value!r}")
+        self._status = value
+
+    def write(self, data: str | bytes) -> None:
+        """Append to the response body."""
+        self._body += _to_bytes(data)
+        self._written = True
+
+    @property
+    def body(self) -> bytes:
+        """What was written so far."""
+        return bytes(self._body)
+
+    @property
+    def stopped(self) -> bool:
+        """True once the plugin gave a response, so APISIX must answer with it."""
+        return self._status != 0 or self._written or bool(self.headers._touched)
+
+
+class Response:
+    """The upstream response in ext-plugin-post-resp, which a plugin may change.
+
+    The client keeps every upstream header the plugin leaves alone, Content-Type included.
+    """
+
+    def __init__(
+        self,
+        id: int,
+        status: int,
+        headers: Iterable[Entry],
+        fetch_var: FetchVar,
+        fetch_body: FetchBody,
+    ) -> None:
+        self.id = id
+        self.upstream_status = status
+        self._status = status
+        self.headers = Headers(headers)
+        self._fetch_var = fetch_var
+        self._fetch_body = fetch_body
+        self._vars: dict[str, str | None] = {}
+        self._body: bytes | None = None
+        self._new_body: bytes | None = None
+
+    @property
+    def status(self) -> int:
+        """The status the client will get (the upstream's until a plugin sets another)."""
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+            raise ValueError(f"status must be an integer in 100..599, got {value!r}")
+        self._status = value
+
+    def var(self, name: str) -> str | None:
+        """An nginx or APISIX variable, asked from APISIX once per call; None when unset."""
+        if name not in self._vars:
+            raw = self._fetch_var(name)
+            self._vars[name] = None if raw is None else _to_text(raw)
+        return self._vars[name]
+
+    def body(self) -> bytes:
+        """The body (the upstream's, fetched once per call, or the one set by a plugin)."""
+        if self._new_body is not None:
+            return self._new_body
+        if self._body is None:
+            self._body = self._fetch_body() or b""
+        return self._body
+
+    def set_body(self, data: str | bytes) -> None:
+        """Replace the body the client receives.
+
+        An empty replacement cannot be expressed in the protocol (APISIX keeps the upstream's).
+        """
+        data = _to_bytes(data)
+        if not data:
+            raise ValueError("APISIX cannot replace a response body with an empty one")
+        self._new_body = data
+
+    @property
+    def new_body(self) -> bytes | None:
+        """The body set by a plugin, None when untouched."""
+        return self._new_body
