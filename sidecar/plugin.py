@@ -116,15 +116,15 @@ def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
 def _convert_union(options: tuple, value: Any, where: str) -> Any:
     if value is None and type(None) in options:
         return None
-    errors = []
-    for option in options:
-        if option is type(None):
-            continue
+    real = [o for o in options if o is not type(None)]
+    if len(real) == 1:
+        return _convert(real[0], value, where)
+    for option in real:
         try:
             return _convert(option, value, where)
-        except ConfError as exc:
-            errors.append(str(exc))
-    names = " or ".join(_type_name(o) for o in options if o is not type(None))
+        except ConfError:
+            continue
+    names = " or ".join(_type_name(o) for o in real)
     raise ConfError(f"{where}: must be {names}, got {_json_kind(value)}")
 
 

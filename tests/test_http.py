@@ -1,0 +1,145 @@
+"""The SDK objects: multi-valued headers and args, Request, StopResponse, Response."""
+
+import ipaddress
+
+import pytest
+
+from sidecar import Args, Headers, Request, Response, StopResponse
+
+
+def no_fetch(*_):
+    raise AssertionError("nothing should be fetched")
+
+
+def make_request(**kw) -> Request:
+    fields = dict(
+        id=7, src_ip=bytes([10, 0, 0, 1]), method="POST", path="/a",
+        args=[("x", "1"), ("x", "2"), ("flag", None)],
+        headers=[("host", "h"), ("x-same", "one"), ("x-same", "two")],
+        fetch_var=no_fetch, fetch_body=no_fetch,
+    )
+    fields.update(kw)
+    return Request(**fields)
+
+
+def test_headers_are_case_insensitive_and_keep_every_value():
+    h = Headers([("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2")])
+    assert h.get("content-type") == "text/plain"
+    assert h.get_all("SET-COOKIE") == ["a=1", "b=2"]
+    assert "CONTENT-TYPE" in h and "x" not in h
+    assert h.items() == [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"),
+                         ("Set-Cookie", "b=2")]
+
+
+def test_set_add_delete_are_tracked_as_changes():
+    h = Headers([("a", "1"), ("b", "2"), ("c", "3")])
+    h.set("A", "9")
+    h.add("b", "3")
+    h.delete("c")
+    h.delete("never-there")
+    assert sorted(h.changes()) == [("A", ["9"]), ("b", ["2", "3"]), ("c", [])]
+
+
+def test_setting_the_same_values_again_is_no_change():
+    h = Headers([("a", "1")])
+    h.set("a", "1")
+    h.delete("missing")
+    assert h.changes() == [] and not h.changed
+
+
+def test_header_values_must_be_strings():
+    with pytest.raises(TypeError):
+        Headers().set("x", 5)
+
+
+def test_args_are_case_sensitive_and_a_flag_has_no_value():
+    a = Args([("x", "1"), ("X", "2"), ("debug", None)])
+    assert a.get("x") == "1" and a.get("X") == "2"
+    assert "debug" in a and a.get("debug") is None
+    a.set("flag2", None)
+    assert a.get_all("flag2") == [None]
+
+
+def test_request_exposes_what_apisix_sent():
+    r = make_request()
+    assert r.id == 7 and r.method == "POST" and r.path == "/a"
+    assert r.src_ip == ipaddress.ip_address("10.0.0.1")
+    assert make_request(src_ip=ipaddress.ip_address("::1").packed).src_ip == \
+        ipaddress.ip_address("::1")
+    assert make_request(src_ip=b"").src_ip is None
+    assert r.args.get_all("x") == ["1", "2"]
+    assert r.headers.get("X-Same") == "one"
+
+
+def test_vars_and_body_are_fetched_once_and_cached():
+    calls = []
+
+    def fetch_var(name):
+        calls.append(name)
+        return {"remote_addr": b"1.2.3.4", "empty": b""}.get(name)
+
+    def fetch_body():
+        calls.append("body")
+        return b"payload"
+
+    r = make_request(fetch_var=fetch_var, fetch_body=fetch_body)
+    assert r.var("remote_addr") == "1.2.3.4"
+    assert r.var("remote_addr") == "1.2.3.4"
+    assert r.var("missing") is None and r.var("missing") is None
+    assert r.var("empty") == ""
+    assert r.body() == b"payload" and r.body() == b"payload"
+    assert calls == ["remote_addr", "missing", "empty", "body"]
+
+
+def test_a_request_without_body_reads_as_empty_bytes():
+    assert make_request(fetch_body=lambda: None).body() == b""
+
+
+def test_set_body_replaces_and_refuses_empty():
+    r = make_request()
+    r.set_body("new")
+    assert r.body() == b"new" and r.new_body == b"new"
+    with pytest.raises(ValueError):
+        r.set_body(b"")
+
+
+def test_path_can_be_set_but_not_emptied():
+    r = make_request()
+    assert not r.path_changed
+    r.path = "/b"
+    assert r.path_changed and r.path == "/b"
+    with pytest.raises(ValueError):
+        r.path = ""
+
+
+def test_stop_response_stops_only_when_touched():
+    s = StopResponse()
+    assert not s.stopped
+    s.headers.set("x", "1")
+    assert s.stopped
+    s2 = StopResponse()
+    s2.write("a")
+    s2.write(b"b")
+    assert s2.stopped and s2.body == b"ab" and s2.status == 0
+    s3 = StopResponse()
+    s3.status = 403
+    assert s3.stopped
+    with pytest.raises(ValueError):
+        s3.status = 42
+
+
+def test_response_status_body_and_vars():
+    fetched = []
+    resp = Response(3, 200, [("Content-Type", "text/html")],
+                    fetch_var=lambda n: fetched.append(n) or b"5",
+                    fetch_body=lambda: fetched.append("body") or b"<p>")
+    assert resp.status == 200 and resp.upstream_status == 200
+    resp.status = 201
+    assert resp.status == 201
+    assert resp.body() == b"<p>" and resp.body() == b"<p>"
+    assert resp.var("route_id") == "5" and resp.var("route_id") == "5"
+    resp.set_body("new")
+    assert resp.body() == b"new"
+    assert fetched == ["body", "route_id"]
+    with pytest.raises(ValueError):
+        resp.set_body("")
