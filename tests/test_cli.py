@@ -1,0 +1,74 @@
+"""The `apisix-sidecar` command: version, plugins, logs, and settings from the environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from sidecar import __version__
+from sidecar.testing import Client
+from tests.conftest import ROOT, runner_env
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True,
+                          text=True, env=runner_env(**env), cwd=ROOT, timeout=30)
+
+
+def test_version_prints_the_package_version():
+    out = cli("version")
+    assert out.returncode == 0 and out.stdout == f"apisix-sidecar {__version__}\n"
+
+
+def test_plugins_lists_built_in_and_configured_plugins():
+    assert cli("plugins").stdout.split() == ["response-rewrite", "say"]
+    out = cli("plugins", APISIX_SIDECAR_PLUGINS="tests.plugins_for_tests:Echo")
+    names = out.stdout.split()
+    assert names == sorted(names) and {"response-rewrite", "say", "test-echo"} <= set(names)
+
+
+def test_a_bad_plugin_spec_exits_2_with_one_line():
+    out = cli("plugins", APISIX_SIDECAR_PLUGINS="no_such_module:X")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "cannot import plugin module 'no_such_module'" in out.stderr
+
+
+def test_logs_are_json_lines_on_stderr_and_stdout_stays_empty(start_runner):
+    runner = start_runner("--plugin", "tests.plugins_for_tests:Raise")
+    with Client(runner.path) as c:
+        try:
+            c.request([("test-raise", "{}")])
+        except Exception:
+            pass
+    assert runner.stop() == 0
+    records = [json.loads(line) for line in runner.log().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    failed = next(r for r in records if r["message"] == "plugin failed")
+    assert failed["plugin"] == "test-raise" and failed["level"] == "ERROR"
+    assert "boom from test-raise" in failed["exc_info"]
+
+
+def test_check_probes_a_live_runner_and_fails_on_a_dead_socket(start_runner, tmp_path):
+    runner = start_runner()
+    out = cli("check", "--listen", f"unix:{runner.path}")
+    assert out.returncode == 0 and "runner answers" in out.stdout
+    dead = cli("check", "--listen", f"unix:{tmp_path}/none.sock", "--timeout", "0.5")
+    assert dead.returncode == 1 and "no runner answers" in dead.stderr
+
+
+def test_listen_address_comes_from_the_environment_as_apisix_sets_it(tmp_path):
+    from tests.conftest import wait_for_socket
+
+    path = str(tmp_path / "env.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"],
+                            env=runner_env(APISIX_LISTEN_ADDRESS=f"unix:{path}"),
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        wait_for_socket(path, proc)
+        with Client(path) as c:
+            assert c.request([("say", '{"body":"env"}')]).action.body == b"env"
+    finally:
+        proc.terminate()
+        assert proc.wait(5) == 0
