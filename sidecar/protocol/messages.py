@@ -1,0 +1,709 @@
+"""Decode and encode every ext-plugin message, in both directions (schema: ext-plugin.fbs).
+
+Reading is a small reader over the payload that checks every offset and length against it, so
+malformed input raises DecodeError and nothing else. Writing lays each buffer out front to back
+with struct (vtable, table, then children), several times faster than flatbuffers.Builder; tests
+check both directions against the flatbuffers library.
+
+Strings are UTF-8 decoded with errors="surrogateescape" and encoded the same way: header and
+argument bytes that are not UTF-8 survive a decode/encode round trip unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+Entry = tuple[str, "str | None"]
+
+
+class DecodeError(ValueError):
+    """A payload is not a valid FlatBuffers buffer of the expected message."""
+
+
+METHODS: tuple[str, ...] = (
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "OPTIONS",
+    "PROPFIND",
+    "PROPPATCH",
+    "LOCK",
+    "UNLOCK",
+    "PATCH",
+    "TRACE",
+)
+_METHOD_IDS = {name: i for i, name in enumerate(METHODS)}
+
+ERR_BAD_REQUEST = 0
+ERR_SERVICE_UNAVAILABLE = 1
+ERR_CONF_TOKEN_NOT_FOUND = 2
+
+INFO_VAR = 1
+INFO_REQ_BODY = 2
+INFO_RESP_BODY = 3
+
+_ACTION_NONE = 0
+_ACTION_STOP = 1
+_ACTION_REWRITE = 2
+
+# Field ids by table, in declaration order (a union field is "<name>_type" then "<name>").
+# tests/test_messages.py checks this and _ENUMS against ext-plugin.fbs, the one source of ids.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "A6.TextEntry": ("name", "value"),
+    "A6.DataEntry": ("name", "value"),
+    "A6.Err.Resp": ("code",),
+    "A6.PrepareConf.Req": ("conf", "key"),
+    "A6.PrepareConf.Resp": ("conf_token",),
+    "A6.HTTPReqCall.Req": ("id", "src_ip", "method", "path", "args", "headers", "conf_token"),
+    "A6.HTTPReqCall.Stop": ("status", "headers", "body"),
+    "A6.HTTPReqCall.Rewrite": ("path", "headers", "args", "resp_headers", "body"),
+    "A6.HTTPReqCall.Resp": ("id", "action_type", "action"),
+    "A6.ExtraInfo.Var": ("name",),
+    "A6.ExtraInfo.ReqBody": (),
+    "A6.ExtraInfo.RespBody": (),
+    "A6.ExtraInfo.Req": ("info_type", "info"),
+    "A6.ExtraInfo.Resp": ("result",),
+    "A6.HTTPRespCall.Req": ("id", "status", "headers", "conf_token"),
+    "A6.HTTPRespCall.Resp": ("id", "status", "headers", "body"),
+}
+_ENUMS: dict[str, tuple[str, ...]] = {
+    "A6.Method": METHODS,
+    "A6.Err.Code": ("BAD_REQUEST", "SERVICE_UNAVAILABLE", "CONF_TOKEN_NOT_FOUND"),
+    "A6.HTTPReqCall.Action": ("NONE", "Stop", "Rewrite"),
+    "A6.ExtraInfo.Info": ("NONE", "Var", "ReqBody", "RespBody"),
+}
+
+
+def _ids(table: str, *names: str) -> tuple[int, ...]:
+    """The ids of the named fields of a table, so every constant below is tied to its name."""
+    return tuple(_FIELDS[table].index(name) for name in names)
+
+
+_TE_NAME, _TE_VALUE = _ids("A6.TextEntry", "name", "value")
+(_ERR_CODE,) = _ids("A6.Err.Resp", "code")
+_PCQ_CONF, _PCQ_KEY = _ids("A6.PrepareConf.Req", "conf", "key")
+(_PCP_TOKEN,) = _ids("A6.PrepareConf.Resp", "conf_token")
+_HRQ_ID, _HRQ_SRC_IP, _HRQ_METHOD, _HRQ_PATH, _HRQ_ARGS, _HRQ_HEADERS, _HRQ_TOKEN = _ids(
+    "A6.HTTPReqCall.Req", "id", "src_ip", "method", "path", "args", "headers", "conf_token"
+)
+_STOP_STATUS, _STOP_HEADERS, _STOP_BODY = _ids("A6.HTTPReqCall.Stop", "status", "headers", "body")
+_RW_PATH, _RW_HEADERS, _RW_ARGS, _RW_RESP_HEADERS, _RW_BODY = _ids(
+    "A6.HTTPReqCall.Rewrite", "path", "headers", "args", "resp_headers", "body"
+)
+_HRP_ID, _HRP_ACTION_TYPE, _HRP_ACTION = _ids("A6.HTTPReqCall.Resp", "id", "action_type", "action")
+(_VAR_NAME,) = _ids("A6.ExtraInfo.Var", "name")
+_EIQ_TYPE, _EIQ_INFO = _ids("A6.ExtraInfo.Req", "info_type", "info")
+(_EIP_RESULT,) = _ids("A6.ExtraInfo.Resp", "result")
+_SRQ_ID, _SRQ_STATUS, _SRQ_HEADERS, _SRQ_TOKEN = _ids(
+    "A6.HTTPRespCall.Req", "id", "status", "headers", "conf_token"
+)
+_SRP_ID, _SRP_STATUS, _SRP_HEADERS, _SRP_BODY = _ids(
+    "A6.HTTPRespCall.Resp", "id", "status", "headers", "body"
+)
+
+
+def _width(table: str) -> int:
+    """How many field slots a table declares (how many vtable entries a reader looks at)."""
+    return len(_FIELDS[table])
+
+
+_W_ERR = _width("A6.Err.Resp")
+_W_PC_REQ = _width("A6.PrepareConf.Req")
+_W_PC_RESP = _width("A6.PrepareConf.Resp")
+_W_HRQ = _width("A6.HTTPReqCall.Req")
+_W_STOP = _width("A6.HTTPReqCall.Stop")
+_W_REWRITE = _width("A6.HTTPReqCall.Rewrite")
+_W_HRP = _width("A6.HTTPReqCall.Resp")
+_W_VAR = _width("A6.ExtraInfo.Var")
+_W_EI_REQ = _width("A6.ExtraInfo.Req")
+_W_EI_RESP = _width("A6.ExtraInfo.Resp")
+_W_SRQ = _width("A6.HTTPRespCall.Req")
+_W_SRP = _width("A6.HTTPRespCall.Resp")
+
+
+@dataclass(slots=True)
+class PrepareConfReq:
+    """APISIX -> runner, type 1: the plugins of one route phase, as (name, JSON) in run order."""
+
+    conf: list[tuple[str, str]]
+    key: str
+
+
+@dataclass(slots=True)
+class HTTPReqCallReq:
+    """APISIX -> runner, type 2: one request; src_ip is raw (4 or 16 bytes), method a name."""
+
+    id: int
+    src_ip: bytes
+    method: str
+    path: str
+    args: list[Entry]
+    headers: list[Entry]
+    conf_token: int
+
+
+@dataclass(slots=True)
+class HTTPRespCallReq:
+    """APISIX -> runner, type 4: the upstream's status and headers (no body: ask ExtraInfo)."""
+
+    id: int
+    status: int
+    headers: list[Entry]
+    conf_token: int
+
+
+@dataclass(slots=True)
+class Stop:
+    """End the request: APISIX answers the client (status 0 = 200, empty body = none)."""
+
+    status: int = 0
+    headers: list[Entry] = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Rewrite:
+    """Change the request before it goes upstream; an entry with value None deletes."""
+
+    path: str | None = None
+    headers: list[Entry] = field(default_factory=list)
+    args: list[Entry] = field(default_factory=list)
+    resp_headers: list[Entry] = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class HTTPReqCallResp:
+    """Runner -> APISIX, type 2: Stop, Rewrite, or None to let the request through unchanged."""
+
+    id: int
+    action: Stop | Rewrite | None = None
+
+
+@dataclass(slots=True)
+class HTTPRespCallResp:
+    """Runner -> APISIX, type 4: 0 / [] / b"" keep the upstream's status / headers / body."""
+
+    id: int
+    status: int = 0
+    headers: list[Entry] = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class ExtraInfoReq:
+    """Runner -> APISIX, type 3 mid-call: INFO_VAR (with name), INFO_REQ_BODY, INFO_RESP_BODY."""
+
+    info_type: int
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class ExtraInfoResp:
+    """APISIX -> runner, type 3: None when the var or body does not exist, else its bytes."""
+
+    result: bytes | None
+
+
+# ------------------------------------------------------------------------------------- reading
+
+_U8 = struct.Struct("<B").unpack_from
+_U16 = struct.Struct("<H").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+_I32 = struct.Struct("<i").unpack_from
+_SLOTS = tuple(struct.Struct(f"<{k}H").unpack_from for k in range(8))
+_TWO_SLOTS = _SLOTS[2]
+_MIN_TABLE = 12  # root offset + soffset + the smallest vtable
+
+
+class _Reader:
+    """Bounds-checked access to one payload.
+
+    `budget` caps what decoding may produce at the payload's size: a real buffer never holds
+    more, while a forged one could point many vector slots at one long string (quadratic memory).
+    """
+
+    __slots__ = ("buf", "end", "budget")
+
+    def __init__(self, buf: bytes) -> None:
+        if type(buf) is not bytes:
+            buf = bytes(buf)
+        self.buf = buf
+        self.end = len(buf)
+        self.budget = len(buf)
+
+    def root(self, nfields: int) -> list[int]:
+        """Field positions of the root table."""
+        if self.end < _MIN_TABLE:
+            raise DecodeError(f"payload of {self.end} bytes is too short for a FlatBuffers table")
+        return self.table(_U32(self.buf, 0)[0], nfields)
+
+    def table(self, pos: int, nfields: int) -> list[int]:
+        """Absolute positions of fields 0..nfields-1 of the table at pos; 0 marks an absent one."""
+        buf, end = self.buf, self.end
+        if pos + 4 > end:
+            raise DecodeError(f"table at {pos} lies outside the {end}-byte payload")
+        vt = pos - _I32(buf, pos)[0]
+        if vt < 0 or vt + 4 > end:
+            raise DecodeError(f"vtable at {vt} lies outside the {end}-byte payload")
+        vtsize = _U16(buf, vt)[0]
+        if vtsize < 4 or vtsize & 1 or vt + vtsize > end:
+            raise DecodeError(f"malformed vtable at {vt} (size {vtsize})")
+        present = min(nfields, (vtsize - 4) >> 1)
+        fields = [pos + off if off else 0 for off in _SLOTS[present](buf, vt + 4)]
+        if present < nfields:
+            fields.extend([0] * (nfields - present))
+        return fields
+
+    def u8(self, p: int) -> int:
+        if not p:
+            return 0
+        if p + 1 > self.end:
+            raise DecodeError(f"field at {p} lies outside the payload")
+        return _U8(self.buf, p)[0]
+
+    def u16(self, p: int) -> int:
+        if not p:
+            return 0
+        if p + 2 > self.end:
+            raise DecodeError(f"field at {p} lies outside the payload")
+        return _U16(self.buf, p)[0]
+
+    def u32(self, p: int) -> int:
+        if not p:
+            return 0
+        if p + 4 > self.end:
+            raise DecodeError(f"field at {p} lies outside the payload")
+        return _U32(self.buf, p)[0]
+
+    def target(self, p: int) -> int:
+        """Follow the unsigned offset stored at p."""
+        if p + 4 > self.end:
+            raise DecodeError(f"offset at {p} lies outside the payload")
+        return p + _U32(self.buf, p)[0]
+
+    def vector(self, p: int, elem_size: int) -> tuple[int, int]:
+        """(first element position, length) of the vector referenced at p, inside the payload."""
+        v = self.target(p)
+        if v + 4 > self.end:
+            raise DecodeError(f"vector at {v} lies outside the payload")
+        n = _U32(self.buf, v)[0]
+        if v + 4 + n * elem_size > self.end:
+            raise DecodeError(f"vector at {v} of {n} elements runs past the payload")
+        return v + 4, n
+
+    def charge(self, size: int) -> None:
+        self.budget -= size
+        if self.budget < 0:
+            raise DecodeError("decoded content would exceed the payload size")
+
+    def byte_vector(self, p: int) -> bytes | None:
+        if not p:
+            return None
+        start, n = self.vector(p, 1)
+        self.charge(n)
+        return self.buf[start : start + n]
+
+    def string(self, p: int) -> str | None:
+        if not p:
+            return None
+        start, n = self.vector(p, 1)
+        self.charge(n)
+        return self.buf[start : start + n].decode("utf-8", "surrogateescape")
+
+    def subtable(self, p: int, nfields: int) -> list[int] | None:
+        return self.table(self.target(p), nfields) if p else None
+
+    def entries(self, p: int) -> list[Entry]:
+        """A [TextEntry] vector; an absent name reads as "", an absent value as None.
+
+        The hot path of every call, so table and string reads are inlined here.
+        """
+        if not p:
+            return []
+        start, n = self.vector(p, 4)
+        self.charge(8 * n)  # the least a real entry occupies: its slot and its soffset
+        buf, end, budget = self.buf, self.end, self.budget
+        out = []
+        for q in range(start, start + 4 * n, 4):
+            t = q + _U32(buf, q)[0]
+            if t + 4 > end:
+                raise DecodeError(f"table at {t} lies outside the {end}-byte payload")
+            vt = t - _I32(buf, t)[0]
+            if vt < 0 or vt + 4 > end:
+                raise DecodeError(f"vtable at {vt} lies outside the {end}-byte payload")
+            vtsize = _U16(buf, vt)[0]
+            if vtsize < 4 or vtsize & 1 or vt + vtsize > end:
+                raise DecodeError(f"malformed vtable at {vt} (size {vtsize})")
+            if vtsize >= 8:
+                slots = _TWO_SLOTS(buf, vt + 4)
+            else:
+                slots = (_U16(buf, vt + 4)[0], 0) if vtsize == 6 else (0, 0)
+            name_at, value_at = slots[_TE_NAME], slots[_TE_VALUE]
+            name = _text(buf, end, t + name_at) if name_at else ""
+            value = _text(buf, end, t + value_at) if value_at else None
+            budget -= len(name) + (len(value) if value else 0)
+            if budget < 0:
+                raise DecodeError("decoded content would exceed the payload size")
+            out.append((name, value))
+        self.budget = budget
+        return out
+
+
+def _text(buf: bytes, end: int, p: int) -> str:
+    """The string referenced by the offset at p (entries' inlined path; see _Reader.string)."""
+    if p + 4 > end:
+        raise DecodeError(f"offset at {p} lies outside the payload")
+    at = p + _U32(buf, p)[0]
+    if at + 4 > end:
+        raise DecodeError(f"string at {at} lies outside the payload")
+    stop = at + 4 + _U32(buf, at)[0]
+    if stop > end:
+        raise DecodeError(f"string at {at} runs past the payload")
+    return buf[at + 4 : stop].decode("utf-8", "surrogateescape")
+
+
+def _stop(r: _Reader, f: list[int]) -> Stop:
+    return Stop(
+        status=r.u16(f[_STOP_STATUS]),
+        headers=r.entries(f[_STOP_HEADERS]),
+        body=r.byte_vector(f[_STOP_BODY]) or b"",
+    )
+
+
+def _rewrite(r: _Reader, f: list[int]) -> Rewrite:
+    return Rewrite(
+        path=r.string(f[_RW_PATH]),
+        headers=r.entries(f[_RW_HEADERS]),
+        args=r.entries(f[_RW_ARGS]),
+        resp_headers=r.entries(f[_RW_RESP_HEADERS]),
+        body=r.byte_vector(f[_RW_BODY]) or b"",
+    )
+
+
+def decode_prepare_conf_req(buf: bytes) -> PrepareConfReq:
+    """PrepareConf.Req; an absent `conf` (route without conf) is [], a valueless entry gets ""."""
+    r = _Reader(buf)
+    f = r.root(_W_PC_REQ)
+    conf = [(name, value or "") for name, value in r.entries(f[_PCQ_CONF])]
+    return PrepareConfReq(conf=conf, key=r.string(f[_PCQ_KEY]) or "")
+
+
+def decode_prepare_conf_resp(buf: bytes) -> int:
+    """PrepareConf.Resp: the token (absent = 0, as APISIX reads it)."""
+    r = _Reader(buf)
+    return r.u32(r.root(_W_PC_RESP)[_PCP_TOKEN])
+
+
+def decode_http_req_call_req(buf: bytes) -> HTTPReqCallReq:
+    """HTTPReqCall.Req; a method outside the Method enum is a DecodeError."""
+    r = _Reader(buf)
+    f = r.root(_W_HRQ)
+    method = r.u8(f[_HRQ_METHOD])
+    if method >= len(METHODS):
+        raise DecodeError(f"method enum value {method} is not in A6.Method")
+    return HTTPReqCallReq(
+        id=r.u32(f[_HRQ_ID]),
+        src_ip=r.byte_vector(f[_HRQ_SRC_IP]) or b"",
+        method=METHODS[method],
+        path=r.string(f[_HRQ_PATH]) or "",
+        args=r.entries(f[_HRQ_ARGS]),
+        headers=r.entries(f[_HRQ_HEADERS]),
+        conf_token=r.u32(f[_HRQ_TOKEN]),
+    )
+
+
+def decode_http_req_call_resp(buf: bytes) -> HTTPReqCallResp:
+    """HTTPReqCall.Resp; an unknown action type, or a Stop/Rewrite type without its table, fails."""
+    r = _Reader(buf)
+    f = r.root(_W_HRP)
+    kind = r.u8(f[_HRP_ACTION_TYPE])
+    action: Stop | Rewrite | None = None
+    if kind == _ACTION_STOP or kind == _ACTION_REWRITE:
+        stop = kind == _ACTION_STOP
+        sub = r.subtable(f[_HRP_ACTION], _W_STOP if stop else _W_REWRITE)
+        if sub is None:
+            raise DecodeError(f"action type {kind} without an action table")
+        action = _stop(r, sub) if stop else _rewrite(r, sub)
+    elif kind != _ACTION_NONE:
+        raise DecodeError(f"action type {kind} is not in A6.HTTPReqCall.Action")
+    return HTTPReqCallResp(id=r.u32(f[_HRP_ID]), action=action)
+
+
+def decode_http_resp_call_req(buf: bytes) -> HTTPRespCallReq:
+    """HTTPRespCall.Req: the upstream's status and headers."""
+    r = _Reader(buf)
+    f = r.root(_W_SRQ)
+    return HTTPRespCallReq(
+        id=r.u32(f[_SRQ_ID]),
+        status=r.u16(f[_SRQ_STATUS]),
+        headers=r.entries(f[_SRQ_HEADERS]),
+        conf_token=r.u32(f[_SRQ_TOKEN]),
+    )
+
+
+def decode_http_resp_call_resp(buf: bytes) -> HTTPRespCallResp:
+    """HTTPRespCall.Resp; absent and empty headers/body both read as empty (APISIX's view)."""
+    r = _Reader(buf)
+    f = r.root(_W_SRP)
+    return HTTPRespCallResp(
+        id=r.u32(f[_SRP_ID]),
+        status=r.u16(f[_SRP_STATUS]),
+        headers=r.entries(f[_SRP_HEADERS]),
+        body=r.byte_vector(f[_SRP_BODY]) or b"",
+    )
+
+
+def decode_extra_info_req(buf: bytes) -> ExtraInfoReq:
+    """ExtraInfo.Req; NONE or an unknown info type fails (APISIX closes the connection on it)."""
+    r = _Reader(buf)
+    f = r.root(_W_EI_REQ)
+    kind = r.u8(f[_EIQ_TYPE])
+    if kind == INFO_VAR:
+        var = r.subtable(f[_EIQ_INFO], _W_VAR)
+        if var is None:
+            raise DecodeError("ExtraInfo Var without its table")
+        return ExtraInfoReq(INFO_VAR, r.string(var[_VAR_NAME]) or "")
+    if kind == INFO_REQ_BODY or kind == INFO_RESP_BODY:
+        return ExtraInfoReq(kind)
+    raise DecodeError(f"info type {kind} is not a question APISIX answers")
+
+
+def decode_extra_info_resp(buf: bytes) -> ExtraInfoResp:
+    """ExtraInfo.Resp; result None = absent (no such var/body), b"" = present and empty."""
+    r = _Reader(buf)
+    return ExtraInfoResp(r.byte_vector(r.root(_W_EI_RESP)[_EIP_RESULT]))
+
+
+def decode_err(buf: bytes) -> int:
+    """Err.Resp code, unknown codes included; an empty payload is 0, as APISIX reads it."""
+    if not len(buf):
+        return ERR_BAD_REQUEST
+    r = _Reader(buf)
+    return r.u8(r.root(_W_ERR)[_ERR_CODE])
+
+
+# ------------------------------------------------------------------------------------- writing
+# A "blob" is (bytes, entry): a self-contained, 4-aligned piece of buffer whose length is a
+# multiple of 4 and whose object starts at `entry`. Offsets inside are relative, so a parent can
+# place a child blob anywhere after itself.
+
+Blob = tuple[bytes, int]
+
+_P32 = struct.Struct("<I").pack
+_SCALAR_SIZE = {"I": 4, "H": 2, "B": 1}  # struct code -> bytes
+# TextEntry vtables shared by a whole vector: with a value at 0, name only at 8.
+_TE_VTABLES = struct.pack("<8H", 8, 12, 4, 8, 6, 8, 4, 0)
+_TE_FULL = struct.Struct("<iII").pack
+_TE_NAME_ONLY = struct.Struct("<iI").pack
+_EMPTY_VECTOR: Blob = (b"\0\0\0\0", 0)
+
+
+def _str(data: bytes) -> bytes:
+    """A string object: length, bytes, NUL terminator, padding to 4."""
+    return _P32(len(data)) + data + b"\0" * (4 - (len(data) & 3))
+
+
+def _string(text: str) -> Blob:
+    return _str(text.encode("utf-8", "surrogateescape")), 0
+
+
+def _byte_vector(data: bytes) -> Blob:
+    return _P32(len(data)) + data + b"\0" * (-len(data) & 3), 0
+
+
+def _entries(entries: list[Entry]) -> Blob:
+    """A [TextEntry] vector: shared vtables, the offsets, then each table and its strings."""
+    if not entries:
+        return _EMPTY_VECTOR
+    count = len(entries)
+    vector = 16
+    pos = vector + 4 + 4 * count  # the first entry table
+    offsets = []
+    bodies = []
+    for i, (name, value) in enumerate(entries):
+        offsets.append(pos - (vector + 4 + 4 * i))
+        name_obj = _str(name.encode("utf-8", "surrogateescape"))
+        if value is None:
+            bodies.append(_TE_NAME_ONLY(pos - 8, 4))
+            bodies.append(name_obj)
+            pos += 8 + len(name_obj)
+        else:
+            value_obj = _str(value.encode("utf-8", "surrogateescape"))
+            bodies.append(_TE_FULL(pos, 8, 4 + len(name_obj)))
+            bodies.append(name_obj)
+            bodies.append(value_obj)
+            pos += 12 + len(name_obj) + len(value_obj)
+    head = _TE_VTABLES + struct.pack(f"<{count + 1}I", count, *offsets)
+    return head + b"".join(bodies), vector
+
+
+def _table(children: list[tuple[int, Blob]], scalars: list[tuple[int, str, int]]) -> Blob:
+    """One table: vtable, then the table (soffset, child offsets, scalars), then the children.
+
+    children are (field id, blob); scalars are (field id, struct code I/H/B, value), largest
+    first so each stays aligned. Callers leave out fields equal to their default, as
+    FlatBuffers builders do.
+    """
+    nchildren = len(children)
+    nslots = 1 + max([fid for fid, _ in children] + [fid for fid, _, _ in scalars], default=-1)
+    slots = [0] * nslots
+    pos = 4
+    for fid, _ in children:
+        slots[fid] = pos
+        pos += 4
+    codes = ""
+    values = []
+    for fid, code, value in scalars:
+        slots[fid] = pos
+        pos += _SCALAR_SIZE[code]
+        codes += code
+        values.append(value)
+    table_size = (pos + 3) & ~3
+    vtable_size = 4 + 2 * nslots
+    start = (vtable_size + 3) & ~3  # the vtable, padded so the table is 4-aligned
+    vtable = struct.pack(f"<{2 + nslots}H{start - vtable_size}x", vtable_size, table_size, *slots)
+    child_pos = start + table_size
+    parts = [vtable, b""]
+    offsets = []
+    for i, (_, (blob, entry)) in enumerate(children):
+        offsets.append(child_pos + entry - (start + 4 + 4 * i))
+        child_pos += len(blob)
+        parts.append(blob)
+    try:
+        layout = f"<i{nchildren}I{codes}{table_size - pos}x"
+        parts[1] = struct.pack(layout, start, *offsets, *values)
+    except struct.error as exc:
+        raise ValueError(f"field value out of range: {exc}") from None
+    return b"".join(parts), start
+
+
+def _finish(root: Blob) -> bytes:
+    """A whole buffer: the root offset, then the root table's blob."""
+    blob, entry = root
+    return _P32(4 + entry) + blob
+
+
+def _stop_table(stop: Stop) -> Blob:
+    children = []
+    if stop.headers:
+        children.append((_STOP_HEADERS, _entries(stop.headers)))
+    if stop.body:
+        children.append((_STOP_BODY, _byte_vector(stop.body)))
+    return _table(children, [(_STOP_STATUS, "H", stop.status)] if stop.status else [])
+
+
+def _rewrite_table(rewrite: Rewrite) -> Blob:
+    children = []
+    if rewrite.path is not None:
+        children.append((_RW_PATH, _string(rewrite.path)))
+    if rewrite.headers:
+        children.append((_RW_HEADERS, _entries(rewrite.headers)))
+    if rewrite.args:
+        children.append((_RW_ARGS, _entries(rewrite.args)))
+    if rewrite.resp_headers:
+        children.append((_RW_RESP_HEADERS, _entries(rewrite.resp_headers)))
+    if rewrite.body:
+        children.append((_RW_BODY, _byte_vector(rewrite.body)))
+    return _table(children, [])
+
+
+def encode_prepare_conf_req(msg: PrepareConfReq) -> bytes:
+    """PrepareConf.Req as APISIX writes it: no `conf` field when there is no entry."""
+    children = [(_PCQ_KEY, _string(msg.key))]
+    if msg.conf:
+        children.append((_PCQ_CONF, _entries(msg.conf)))
+    return _finish(_table(children, []))
+
+
+def encode_prepare_conf_resp(token: int) -> bytes:
+    """PrepareConf.Resp carrying the token."""
+    return _finish(_table([], [(_PCP_TOKEN, "I", token)] if token else []))
+
+
+def encode_http_req_call_req(msg: HTTPReqCallReq) -> bytes:
+    """HTTPReqCall.Req as APISIX writes it: src_ip, path, args and headers always present."""
+    method = _METHOD_IDS.get(msg.method)
+    if method is None:
+        raise ValueError(f"method {msg.method!r} is not in A6.Method")
+    children = [
+        (_HRQ_SRC_IP, _byte_vector(msg.src_ip)),
+        (_HRQ_PATH, _string(msg.path)),
+        (_HRQ_ARGS, _entries(msg.args)),
+        (_HRQ_HEADERS, _entries(msg.headers)),
+    ]
+    scalars = [
+        (_HRQ_ID, "I", msg.id),
+        (_HRQ_TOKEN, "I", msg.conf_token),
+        (_HRQ_METHOD, "B", method),
+    ]
+    return _finish(_table(children, [s for s in scalars if s[2]]))
+
+
+def encode_http_req_call_resp(msg: HTTPReqCallResp) -> bytes:
+    """HTTPReqCall.Resp: no action (NONE), a Stop, or a Rewrite with only its non-empty fields."""
+    scalars = [(_HRP_ID, "I", msg.id)] if msg.id else []
+    action = msg.action
+    if action is None:
+        return _finish(_table([], scalars))
+    if isinstance(action, Stop):
+        kind, blob = _ACTION_STOP, _stop_table(action)
+    elif isinstance(action, Rewrite):
+        kind, blob = _ACTION_REWRITE, _rewrite_table(action)
+    else:
+        raise TypeError(f"action must be Stop, Rewrite or None, not {type(action).__name__}")
+    scalars.append((_HRP_ACTION_TYPE, "B", kind))
+    return _finish(_table([(_HRP_ACTION, blob)], scalars))
+
+
+def encode_http_resp_call_req(msg: HTTPRespCallReq) -> bytes:
+    """HTTPRespCall.Req as APISIX writes it: headers always present."""
+    scalars = [
+        (_SRQ_ID, "I", msg.id),
+        (_SRQ_TOKEN, "I", msg.conf_token),
+        (_SRQ_STATUS, "H", msg.status),
+    ]
+    children = [(_SRQ_HEADERS, _entries(msg.headers))]
+    return _finish(_table(children, [s for s in scalars if s[2]]))
+
+
+def encode_http_resp_call_resp(msg: HTTPRespCallResp) -> bytes:
+    """HTTPRespCall.Resp; status 0, no headers and an empty body are left out: "keep upstream's"."""
+    scalars = [(_SRP_ID, "I", msg.id), (_SRP_STATUS, "H", msg.status)]
+    children = []
+    if msg.headers:
+        children.append((_SRP_HEADERS, _entries(msg.headers)))
+    if msg.body:
+        children.append((_SRP_BODY, _byte_vector(msg.body)))
+    return _finish(_table(children, [s for s in scalars if s[2]]))
+
+
+def encode_extra_info_req(msg: ExtraInfoReq) -> bytes:
+    """ExtraInfo.Req: a Var (needs a name), ReqBody or RespBody question."""
+    if msg.info_type == INFO_VAR:
+        if msg.name is None:
+            raise ValueError("an ExtraInfo Var question needs a name")
+        info = _table([(_VAR_NAME, _string(msg.name))], [])
+    elif msg.info_type == INFO_REQ_BODY or msg.info_type == INFO_RESP_BODY:
+        info = _table([], [])
+    else:
+        raise ValueError(f"info type {msg.info_type} is not Var, ReqBody or RespBody")
+    return _finish(_table([(_EIQ_INFO, info)], [(_EIQ_TYPE, "B", msg.info_type)]))
+
+
+def encode_extra_info_resp(msg: ExtraInfoResp) -> bytes:
+    """ExtraInfo.Resp; None leaves `result` out (what APISIX sends for nil), b"" writes it empty."""
+    if msg.result is None:
+        return _finish(_table([], []))
+    return _finish(_table([(_EIP_RESULT, _byte_vector(msg.result))], []))
+
+
+def encode_err(code: int) -> bytes:
+    """Err.Resp; BAD_REQUEST (0) is the default: an empty table, which APISIX reads as 0."""
+    return _finish(_table([], [(_ERR_CODE, "B", code)] if code else []))
