@@ -31,4 +31,4 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-include docker/docker.mk helm/helm.mk integration/integration.mk bench/bench.mk
+include docker/docker.mk helm/helm.mk integration/integration.mk bench/bench.mk tests/soak/soak.mk

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_EXPIRE_SECONDS = 3600
+DEFAULT_MAX_ENTRIES = 16384
 TTL_FACTOR = 1.2
 _TOKEN_SPACE = 1 << 32
 
@@ -31,6 +32,8 @@ class ConfCache:
     Tokens are drawn at random from the 32-bit space (never 0), so tokens a previous runner
     process handed out almost surely miss here and APISIX re-prepares instead of running another
     route's plugins. The same key with the same configuration gets its live token back.
+    At most `max_entries` live at once: beyond that the least recently used goes, and APISIX
+    re-prepares it on its next use (CONF_TOKEN_NOT_FOUND), so memory stays bounded.
     """
 
     def __init__(
@@ -38,10 +41,14 @@ class ConfCache:
         ttl: float = DEFAULT_EXPIRE_SECONDS * TTL_FACTOR,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"cache TTL must be positive, got {ttl}")
+        if max_entries < 1:
+            raise ValueError(f"cache size must be at least 1, got {max_entries}")
         self.ttl = ttl
+        self.max_entries = max_entries
         self._clock = clock
         self._rng = rng or random.SystemRandom()
         self._by_token: OrderedDict[int, Prepared] = OrderedDict()
@@ -70,6 +77,9 @@ class ConfCache:
         """Store a prepared configuration under a fresh token and return the token."""
         now = self._clock()
         self._evict(now)
+        while len(self._by_token) >= self.max_entries:
+            oldest, entry = next(iter(self._by_token.items()))
+            self._drop(oldest, entry)
         token = self._new_token()
         prepared.expires = now + self.ttl
         self._by_token[token] = prepared

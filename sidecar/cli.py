@@ -34,6 +34,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def _mode(text: str) -> int:
     try:
         value = int(text.removeprefix("0o"), 8)
@@ -54,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help=f"unix:/path (default: ${ENV_LISTEN}, as APISIX sets it)")
     run.add_argument("--socket-mode", type=_mode, default=_env("SOCKET_MODE", "0766"),
                      help="socket file mode, octal (default 0766: workers may be another user)")
-    run.add_argument("--backlog", type=int, default=int(_env("BACKLOG", "1024")),
+    run.add_argument("--backlog", type=_count, default=_env("BACKLOG", "1024"),
                      help="listen backlog (default 1024)")
+    run.add_argument("--cache-size", type=_count, default=_env("CACHE_SIZE", "16384"),
+                     help="most prepared configurations kept at once (default 16384)")
     run.add_argument("--plugin", action="append", default=[], metavar="MODULE[:ATTR]",
                      help="load a plugin (repeatable); also $APISIX_SIDECAR_PLUGINS")
     run.add_argument("--call-timeout", type=_positive, default=_env("CALL_TIMEOUT", "55"),
@@ -116,12 +128,12 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
         path = parse_address(args.listen or os.environ.get(ENV_LISTEN))
-        cache = ConfCache.for_expire_time(_expire_time())
+        cache = ConfCache.for_expire_time(_expire_time(), max_entries=int(args.cache_size))
         server = Server(
             path,
             Runner(load_registry(args.plugin), cache),
             socket_mode=args.socket_mode,
-            backlog=args.backlog,
+            backlog=int(args.backlog),
             call_timeout=float(args.call_timeout),
             grace=float(args.grace),
         )

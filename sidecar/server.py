@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -14,9 +15,10 @@ import gevent
 import gevent.socket
 from gevent.event import Event
 from gevent.server import StreamServer
+from greenlet import GreenletExit, greenlet
 
 from .protocol import messages as m
-from .protocol.frame import RPC_EXTRA_INFO, FrameError, FrameReader, pack_frame
+from .protocol.frame import RPC_EXTRA_INFO, RPC_NAMES, FrameError, FrameReader, pack_frame
 from .runner import ExtraInfoFailed, Runner, error_frame
 
 log = logging.getLogger("sidecar.server")
@@ -55,7 +57,7 @@ def bind_unix(path: str, mode: int, backlog: int) -> tuple[socket.socket, tuple[
     """
     directory = os.path.dirname(path) or "/"
     if not os.path.isdir(directory):
-        raise AddressError(f"socket directory {directory!r} does not exist")
+        raise AddressError(f"socket directory {directory!r} does not exist or is not one")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise AddressError(f"socket directory {directory!r} is not writable by uid {os.getuid()}")
     try:
@@ -103,6 +105,8 @@ class Server:
         self.call_timeout = call_timeout
         self.grace = grace
         self.watch_parent = watch_parent
+        # Taken before the socket exists: a parent that dies once it is listening still counts.
+        self._parent = os.getppid()
         self._identity: tuple[int, int] | None = None
         self._server: StreamServer | None = None
         self._stop = Event()
@@ -122,8 +126,9 @@ class Server:
         assert self._server is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.request_stop, sig)
+        gevent.signal_handler(signal.SIGUSR1, self.log_status)
         if self.watch_parent:
-            gevent.spawn(self._watch_parent, os.getppid())
+            gevent.spawn(self._watch_parent, self._parent)
         self._server.start()
         log.info(
             "listening",
@@ -146,6 +151,18 @@ class Server:
         name = signal.Signals(signum).name if signum else "request"
         log.info("stopping", extra={"reason": name, "in_flight": self.in_flight})
         self._stop.set()
+
+    def log_status(self) -> None:
+        """On SIGUSR1: the counts a soak run watches for leaks (greenlets are counted by gc)."""
+        log.info(
+            "status",
+            extra={
+                "connections": len(self._connections),
+                "in_flight": self.in_flight,
+                "greenlets": sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet)),
+                "tokens": len(self.runner.cache),
+            },
+        )
 
     @property
     def in_flight(self) -> int:
@@ -215,17 +232,31 @@ class Server:
     def _call(
         self, rpc_type: int, payload: bytes, reader: FrameReader, sock: socket.socket
     ) -> tuple[int, bytes]:
+        """Run one call under the deadline; a plugin that swallows the deadline still fails it,
+        and one that raises SystemExit or KeyboardInterrupt fails its call, not the runner."""
         channel = _ExtraInfoChannel(reader, sock)
+        deadline = gevent.Timeout(self.call_timeout)
+        deadline.start()
         try:
-            with gevent.Timeout(self.call_timeout):
-                return self.runner.handle(rpc_type, payload, channel.ask)
+            reply: tuple[int, bytes] | None = self.runner.handle(rpc_type, payload, channel.ask)
         except gevent.Timeout:
-            if channel.waiting:
-                raise ExtraInfoFailed(
-                    f"no ExtraInfo answer within the {self.call_timeout}s call deadline"
-                ) from None
+            reply = None
+        except (ExtraInfoFailed, GreenletExit):
+            raise
+        except BaseException:
+            log.exception("call failed", extra={"rpc": RPC_NAMES.get(rpc_type, rpc_type)})
+            reply = error_frame(m.ERR_SERVICE_UNAVAILABLE)
+        finally:
+            expired = not deadline.pending
+            deadline.close()
+        if channel.waiting:
+            raise ExtraInfoFailed(
+                f"no ExtraInfo answer within the {self.call_timeout}s call deadline"
+            )
+        if reply is None or expired:
             log.error("call deadline exceeded", extra={"timeout_s": self.call_timeout})
             return error_frame(m.ERR_SERVICE_UNAVAILABLE)
+        return reply
 
 
 class _ExtraInfoChannel:
@@ -240,14 +271,15 @@ class _ExtraInfoChannel:
 
     def ask(self, info_type: int, name: str | None) -> bytes | None:
         question = m.encode_extra_info_req(m.ExtraInfoReq(info_type=info_type, name=name))
+        # `waiting` stays set if anything (the call deadline) interrupts the exchange: the
+        # stream is then out of step and the connection must be closed.
         self.waiting = True
         try:
             self._sock.sendall(pack_frame(RPC_EXTRA_INFO, question))
             frame = self._reader.read()
         except (OSError, FrameError) as exc:
             raise ExtraInfoFailed(f"ExtraInfo exchange failed: {exc}") from None
-        finally:
-            self.waiting = False
+        self.waiting = False
         if frame is None:
             raise ExtraInfoFailed("connection closed while waiting for an ExtraInfo answer")
         answer_type, payload = frame

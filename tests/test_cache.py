@@ -83,3 +83,15 @@ def test_two_caches_draw_unrelated_tokens():
     second = {ConfCache(ttl=10).put(prepared(key=str(i))) for i in range(20)}
     assert 0 not in first | second
     assert not first & second
+
+
+def test_the_least_recently_used_entry_goes_when_the_cache_is_full():
+    clock = Clock()
+    cache = ConfCache(ttl=100, clock=clock, max_entries=3)
+    a, b, c = (cache.put(prepared(key=k)) for k in "abc")
+    assert cache.get(a) is not None
+    d = cache.put(prepared(key="d"))
+    assert cache.get(b) is None, "b was the least recently used"
+    assert all(cache.get(t) is not None for t in (a, c, d))
+    assert len(cache) == 3
+    assert cache.token_for("b", [("say", "{}")]) is None

@@ -226,7 +226,6 @@ def test_after_a_runner_restart_the_client_re_prepares_and_loses_nothing(start_r
         assert c.request(SAY).action.body == b"hello"
         assert first.stop() == 0
         second = start_runner(path=first.path)
-        c.close()
         assert c.request(SAY).action.body == b"hello"
         assert (c.prepares, c.retries) == (2, 1)
         second.stop()
@@ -247,3 +246,13 @@ def test_conf_expire_time_sets_the_cache_lifetime(start_runner):
         time.sleep(1.5)
         assert c.request(SAY).action.body == b"hello"
         assert c.retries == 1, "the token expired after 1.2 s and was re-prepared"
+
+
+def test_pooled_connections_the_runner_closed_are_dropped_not_reused(start_runner):
+    first = start_runner()
+    with Client(first.path) as c:
+        c.request(SAY)
+        assert first.stop() == 0
+        start_runner(path=first.path)
+        assert c.request(SAY).action.body == b"hello"
+        assert c.retries == 1

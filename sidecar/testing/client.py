@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import select
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,15 @@ class ExtraInfoSource:
         raise ProtocolViolation(f"unsupported info type: {question.info_type}")
 
 
+def _still_open(sock: socket.socket) -> bool:
+    """An idle connection is usable while nothing (EOF, or stray bytes) is waiting on it."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
 def _conf_list(conf: ConfEntries) -> list[tuple[str, str]]:
     return [(n, v if isinstance(v, str) else json.dumps(v)) for n, v in conf]
 
@@ -107,8 +117,16 @@ class Client:
         self.close()
 
     def _acquire(self) -> tuple[socket.socket, FrameReader]:
-        if self._idle:
-            return self._idle.pop()
+        """An idle pooled connection, or a new one; pooled ones the runner closed are dropped.
+
+        OpenResty's keepalive pool does the same: an idle connection that turns readable (EOF)
+        is closed and leaves the pool.
+        """
+        while self._idle:
+            conn = self._idle.pop()
+            if _still_open(conn[0]):
+                return conn
+            conn[0].close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         sock.connect(self.path)
