@@ -157,8 +157,62 @@ class Args(_MultiDict):
     _allow_none = True
 
 
-class Request:
+def _checked_status(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+        raise ValueError(f"status must be an integer in 100..599, got {value!r}")
+    return value
+
+
+class _HeldByAPISIX:
+    """Variables and a body that APISIX holds: asked for on first use, kept for the call."""
+
+    _what = "body"
+
+    def __init__(self, fetch_var: FetchVar, fetch_body: FetchBody) -> None:
+        self._fetch_var = fetch_var
+        self._fetch_body = fetch_body
+        self._vars: dict[str, str | None] = {}
+        self._body: bytes | None = None
+        self._new_body: bytes | None = None
+
+    def var(self, name: str) -> str | None:
+        """An nginx or APISIX variable (`remote_addr`, `route_id`, ...), None when unset.
+
+        Asked from APISIX on first use, then kept for the rest of the call.
+        """
+        if name not in self._vars:
+            raw = self._fetch_var(name)
+            self._vars[name] = None if raw is None else _to_text(raw)
+        return self._vars[name]
+
+    def body(self) -> bytes:
+        """The body (asked from APISIX once per call; b"" when there is none), or the new one."""
+        if self._new_body is not None:
+            return self._new_body
+        if self._body is None:
+            self._body = self._fetch_body() or b""
+        return self._body
+
+    def set_body(self, data: str | bytes) -> None:
+        """Replace the body (APISIX adjusts the length).
+
+        An empty replacement cannot be expressed in the protocol, so it is refused.
+        """
+        data = _to_bytes(data)
+        if not data:
+            raise ValueError(f"APISIX cannot replace a {self._what} with an empty one")
+        self._new_body = data
+
+    @property
+    def new_body(self) -> bytes | None:
+        """The body set by a plugin, None when untouched."""
+        return self._new_body
+
+
+class Request(_HeldByAPISIX):
     """The client request as APISIX describes it in an HTTPReqCall (pre-req and post-req)."""
+
+    _what = "request body"
 
     def __init__(
         self,
@@ -171,6 +225,7 @@ class Request:
         fetch_var: FetchVar,
         fetch_body: FetchBody,
     ) -> None:
+        super().__init__(fetch_var, fetch_body)
         self.id = id
         self.method = method
         self._src_ip = src_ip
@@ -180,11 +235,6 @@ class Request:
         self._raw_headers = headers
         self._args: Args | None = None
         self._headers: Headers | None = None
-        self._fetch_var = fetch_var
-        self._fetch_body = fetch_body
-        self._vars: dict[str, str | None] = {}
-        self._body: bytes | None = None
-        self._new_body: bytes | None = None
         self._resp_headers: Headers | None = None
 
     @property
@@ -236,42 +286,6 @@ class Request:
             self._resp_headers = Headers()
         return self._resp_headers
 
-    def var(self, name: str) -> str | None:
-        """An nginx or APISIX variable (`remote_addr`, `route_id`, ...), None when it is unset.
-
-        Asked from APISIX on first use, then kept for the rest of the call.
-        """
-        if name not in self._vars:
-            raw = self._fetch_var(name)
-            self._vars[name] = None if raw is None else _to_text(raw)
-        return self._vars[name]
-
-    def body(self) -> bytes:
-        """The request body (asked from APISIX once per call); b"" when there is none.
-
-        After set_body, the new body.
-        """
-        if self._new_body is not None:
-            return self._new_body
-        if self._body is None:
-            self._body = self._fetch_body() or b""
-        return self._body
-
-    def set_body(self, data: str | bytes) -> None:
-        """Replace the body the upstream receives (APISIX adjusts Content-Length).
-
-        An empty body cannot be expressed in the protocol, so it is refused.
-        """
-        data = _to_bytes(data)
-        if not data:
-            raise ValueError("APISIX cannot replace a request body with an empty one")
-        self._new_body = data
-
-    @property
-    def new_body(self) -> bytes | None:
-        """The body set by a plugin, None when untouched."""
-        return self._new_body
-
     @property
     def args_loaded(self) -> bool:
         """True once a plugin looked at the args (only then can they have changed)."""
@@ -308,9 +322,7 @@ class StopResponse:
 
     @status.setter
     def status(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
-            raise ValueError(f"status must be an integer in 100..599, got {value!r}")
-        self._status = value
+        self._status = _checked_status(value)
 
     def write(self, data: str | bytes) -> None:
         """Append to the response body."""
@@ -328,11 +340,13 @@ class StopResponse:
         return self._status != 0 or self._written or bool(self.headers._touched)
 
 
-class Response:
+class Response(_HeldByAPISIX):
     """The upstream response in ext-plugin-post-resp, which a plugin may change.
 
     The client keeps every upstream header the plugin leaves alone, Content-Type included.
     """
+
+    _what = "response body"
 
     def __init__(
         self,
@@ -342,15 +356,11 @@ class Response:
         fetch_var: FetchVar,
         fetch_body: FetchBody,
     ) -> None:
+        super().__init__(fetch_var, fetch_body)
         self.id = id
         self.upstream_status = status
         self._status = status
         self.headers = Headers(headers)
-        self._fetch_var = fetch_var
-        self._fetch_body = fetch_body
-        self._vars: dict[str, str | None] = {}
-        self._body: bytes | None = None
-        self._new_body: bytes | None = None
 
     @property
     def status(self) -> int:
@@ -359,36 +369,4 @@ class Response:
 
     @status.setter
     def status(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
-            raise ValueError(f"status must be an integer in 100..599, got {value!r}")
-        self._status = value
-
-    def var(self, name: str) -> str | None:
-        """An nginx or APISIX variable, asked from APISIX once per call; None when unset."""
-        if name not in self._vars:
-            raw = self._fetch_var(name)
-            self._vars[name] = None if raw is None else _to_text(raw)
-        return self._vars[name]
-
-    def body(self) -> bytes:
-        """The body (the upstream's, fetched once per call, or the one set by a plugin)."""
-        if self._new_body is not None:
-            return self._new_body
-        if self._body is None:
-            self._body = self._fetch_body() or b""
-        return self._body
-
-    def set_body(self, data: str | bytes) -> None:
-        """Replace the body the client receives.
-
-        An empty replacement cannot be expressed in the protocol (APISIX keeps the upstream's).
-        """
-        data = _to_bytes(data)
-        if not data:
-            raise ValueError("APISIX cannot replace a response body with an empty one")
-        self._new_body = data
-
-    @property
-    def new_body(self) -> bytes | None:
-        """The body set by a plugin, None when untouched."""
-        return self._new_body
+        self._status = _checked_status(value)
