@@ -125,31 +125,31 @@ class Runner:
         return prepared
 
     def _request_call(self, payload: bytes, ask: Ask) -> bytes:
-        req = m.decode_http_req_call_req(payload)
+        req = m.decode_http_req_call_req(payload, lazy=True)  # headers/args on first use
         prepared = self._lookup(req.conf_token, req.id)
-        started = time.perf_counter()
+        started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
         request = new_request(req, ask)
-        action = self._guard(
-            lambda: run_request_chain(prepared.chain, request), req.conf_token, req.id
-        )
-        _log_call("request call", req.conf_token, req.id, started, action)
+        action = self._guard(run_request_chain, prepared.chain, request, req.conf_token, req.id)
+        if started:
+            _log_call("request call", req.conf_token, req.id, started, action)
         return m.encode_http_req_call_resp(m.HTTPReqCallResp(id=req.id, action=action))
 
     def _response_call(self, payload: bytes, ask: Ask) -> bytes:
         req = m.decode_http_resp_call_req(payload)
         prepared = self._lookup(req.conf_token, req.id)
-        started = time.perf_counter()
+        started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
         response = new_response(req, ask)
-        reply = self._guard(
-            lambda: run_response_chain(prepared.chain, response), req.conf_token, req.id
-        )
-        _log_call("response call", req.conf_token, req.id, started, reply)
+        reply = self._guard(run_response_chain, prepared.chain, response, req.conf_token, req.id)
+        if started:
+            _log_call("response call", req.conf_token, req.id, started, reply)
         return m.encode_http_resp_call_resp(reply)
 
     @staticmethod
-    def _guard(run: Callable[[], Any], token: int, call_id: int) -> Any:
+    def _guard(run: Callable[[Any, Any], Any], chain: Any, subject: Any, token: int,
+               call_id: int) -> Any:
+        """run(chain, subject); a plugin failure becomes SERVICE_UNAVAILABLE, logged once."""
         try:
-            return run()
+            return run(chain, subject)
         except ExtraInfoFailed:
             raise
         except _PluginFailed as exc:
@@ -215,7 +215,7 @@ def run_request_chain(chain: list[tuple[Any, Any]], request: Request) -> m.Stop 
     for plugin, conf in chain:
         try:
             plugin.request_filter(conf, request, stop)
-        except (ExtraInfoFailed, _PluginFailed):
+        except (ExtraInfoFailed, _PluginFailed, m.DecodeError):  # DecodeError: lazy headers/args
             raise
         except Exception as exc:
             raise _PluginFailed(plugin.name) from exc

@@ -83,6 +83,16 @@ class FrameReader:
         Raises IncompleteFrame when the peer closes mid-frame.
         """
         buf = self._buf
+        if not buf:
+            # The usual case: one recv brings exactly one whole frame; no buffer work then.
+            chunk = self._sock.recv(_RECV_CHUNK)
+            if not chunk:
+                return None
+            if len(chunk) >= HEADER_SIZE and len(chunk) == HEADER_SIZE + (
+                (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
+            ):
+                return chunk[0], chunk[HEADER_SIZE:]
+            buf += chunk
         if not self._fill(HEADER_SIZE):
             if buf:
                 raise IncompleteFrame(f"connection closed after {len(buf)} of 4 header bytes")

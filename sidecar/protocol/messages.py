@@ -12,6 +12,7 @@ argument bytes that are not UTF-8 survive a decode/encode round trip unchanged.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 Entry = tuple[str, "str | None"]
@@ -218,7 +219,7 @@ _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 _I32 = struct.Struct("<i").unpack_from
 _SLOTS = tuple(struct.Struct(f"<{k}H").unpack_from for k in range(8))
-_TWO_SLOTS = _SLOTS[2]
+_VT_TWO_SLOTS = struct.Struct("<4H").unpack_from  # vtable size, table size, slots 0 and 1
 _MIN_TABLE = 12  # root offset + soffset + the smallest vtable
 
 
@@ -331,42 +332,59 @@ class _Reader:
         self.charge(8 * n)  # the least a real entry occupies: its slot and its soffset
         buf, end, budget = self.buf, self.end, self.budget
         out = []
-        for q in range(start, start + 4 * n, 4):
-            t = q + _U32(buf, q)[0]
+        append = out.append
+        q = start
+        for rel in struct.unpack_from(f"<{n}I", buf, start):
+            t = q + rel
+            q += 4
             if t + 4 > end:
                 raise DecodeError(f"table at {t} lies outside the {end}-byte payload")
             vt = t - _I32(buf, t)[0]
             if vt < 0 or vt + 4 > end:
                 raise DecodeError(f"vtable at {vt} lies outside the {end}-byte payload")
-            vtsize = _U16(buf, vt)[0]
-            if vtsize < 4 or vtsize & 1 or vt + vtsize > end:
-                raise DecodeError(f"malformed vtable at {vt} (size {vtsize})")
-            if vtsize >= 8:
-                slots = _TWO_SLOTS(buf, vt + 4)
+            if vt + 8 <= end:  # vtable size, table size and both slots in one read
+                vtsize, _, name_at, value_at = _VT_TWO_SLOTS(buf, vt)
             else:
-                slots = (_U16(buf, vt + 4)[0], 0) if vtsize == 6 else (0, 0)
-            name_at, value_at = slots[_TE_NAME], slots[_TE_VALUE]
-            name = _text(buf, end, t + name_at) if name_at else ""
-            value = _text(buf, end, t + value_at) if value_at else None
-            budget -= len(name) + (len(value) if value else 0)
+                vtsize, name_at, value_at = _U16(buf, vt)[0], 0, 0
+            if vtsize < 8 or vtsize & 1 or vt + vtsize > end:
+                if vtsize < 4 or vtsize & 1 or vt + vtsize > end:
+                    raise DecodeError(f"malformed vtable at {vt} (size {vtsize})")
+                name_at = _U16(buf, vt + 4)[0] if vtsize == 6 else 0  # the name's slot only
+                value_at = 0
+            # The two strings, read as _Reader.string does (inlined: every call's hot path).
+            if name_at:
+                p = t + name_at
+                if p + 4 > end:
+                    raise DecodeError(f"offset at {p} lies outside the payload")
+                at = p + _U32(buf, p)[0]
+                if at + 4 > end:
+                    raise DecodeError(f"string at {at} lies outside the payload")
+                stop = at + 4 + _U32(buf, at)[0]
+                if stop > end:
+                    raise DecodeError(f"string at {at} runs past the payload")
+                name = buf[at + 4 : stop].decode("utf-8", "surrogateescape")
+                budget -= stop - at - 4
+            else:
+                name = ""
+            if value_at:
+                p = t + value_at
+                if p + 4 > end:
+                    raise DecodeError(f"offset at {p} lies outside the payload")
+                at = p + _U32(buf, p)[0]
+                if at + 4 > end:
+                    raise DecodeError(f"string at {at} lies outside the payload")
+                stop = at + 4 + _U32(buf, at)[0]
+                if stop > end:
+                    raise DecodeError(f"string at {at} runs past the payload")
+                value = buf[at + 4 : stop].decode("utf-8", "surrogateescape")
+                budget -= stop - at - 4
+            else:
+                value = None
             if budget < 0:
                 raise DecodeError("decoded content would exceed the payload size")
-            out.append((name, value))
+            append((name, value))
         self.budget = budget
         return out
-
-
-def _text(buf: bytes, end: int, p: int) -> str:
-    """The string referenced by the offset at p (entries' inlined path; see _Reader.string)."""
-    if p + 4 > end:
-        raise DecodeError(f"offset at {p} lies outside the payload")
-    at = p + _U32(buf, p)[0]
-    if at + 4 > end:
-        raise DecodeError(f"string at {at} lies outside the payload")
-    stop = at + 4 + _U32(buf, at)[0]
-    if stop > end:
-        raise DecodeError(f"string at {at} runs past the payload")
-    return buf[at + 4 : stop].decode("utf-8", "surrogateescape")
 
 
 def _stop(r: _Reader, f: list[int]) -> Stop:
@@ -401,20 +419,67 @@ def decode_prepare_conf_resp(buf: bytes) -> int:
     return r.u32(r.root(_W_PC_RESP)[_PCP_TOKEN])
 
 
-def decode_http_req_call_req(buf: bytes) -> HTTPReqCallReq:
-    """HTTPReqCall.Req; a method outside the Method enum is a DecodeError."""
+class LazyEntries:
+    """A [TextEntry] vector decoded on first use: a call whose plugins never look at the
+    headers or args (a `say`) does not pay for decoding them. A malformed vector raises
+    DecodeError then, from wherever it is first read."""
+
+    __slots__ = ("_reader", "_at", "_items")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, reader: _Reader, at: int) -> None:
+        self._reader: _Reader | None = reader
+        self._at = at
+        self._items: list[Entry] | None = None
+
+    def _load(self) -> list[Entry]:
+        items = self._items
+        if items is None:
+            assert self._reader is not None
+            items = self._items = self._reader.entries(self._at)
+            self._reader = None
+        return items
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __getitem__(self, index: int) -> Entry:
+        return self._load()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyEntries):
+            other = other._load()
+        return self._load() == other
+
+    def __repr__(self) -> str:
+        return repr(self._load())
+
+
+def decode_http_req_call_req(buf: bytes, *, lazy: bool = False) -> HTTPReqCallReq:
+    """HTTPReqCall.Req; a method outside the Method enum is a DecodeError.
+
+    lazy=True (the runner) leaves `args` and `headers` as LazyEntries, decoded on first use.
+    """
     r = _Reader(buf)
     f = r.root(_W_HRQ)
     method = r.u8(f[_HRQ_METHOD])
     if method >= len(METHODS):
         raise DecodeError(f"method enum value {method} is not in A6.Method")
+    if lazy:
+        args: list[Entry] = LazyEntries(r, f[_HRQ_ARGS])  # type: ignore[assignment]
+        headers: list[Entry] = LazyEntries(r, f[_HRQ_HEADERS])  # type: ignore[assignment]
+    else:
+        args, headers = r.entries(f[_HRQ_ARGS]), r.entries(f[_HRQ_HEADERS])
     return HTTPReqCallReq(
         id=r.u32(f[_HRQ_ID]),
         src_ip=r.byte_vector(f[_HRQ_SRC_IP]) or b"",
         method=METHODS[method],
         path=r.string(f[_HRQ_PATH]) or "",
-        args=r.entries(f[_HRQ_ARGS]),
-        headers=r.entries(f[_HRQ_HEADERS]),
+        args=args,
+        headers=headers,
         conf_token=r.u32(f[_HRQ_TOKEN]),
     )
 
@@ -515,7 +580,11 @@ def _string(text: str) -> Blob:
 
 
 def _byte_vector(data: bytes) -> Blob:
-    return _P32(len(data)) + data + b"\0" * (-len(data) & 3), 0
+    # one join copies a large body once; `+` twice would copy it twice
+    return b"".join((_P32(len(data)), data, _PAD[-len(data) & 3])), 0
+
+
+_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
 def _entries(entries: list[Entry]) -> Blob:
@@ -545,49 +614,73 @@ def _entries(entries: list[Entry]) -> Blob:
 
 
 def _table(children: list[tuple[int, Blob]], scalars: list[tuple[int, str, int]]) -> Blob:
+    parts, start = _table_parts(children, scalars)
+    return b"".join(parts), start
+
+
+def _table_parts(
+    children: list[tuple[int, Blob]], scalars: list[tuple[int, str, int]]
+) -> tuple[list[bytes], int]:
     """One table: vtable, then the table (soffset, child offsets, scalars), then the children.
 
     children are (field id, blob); scalars are (field id, struct code I/H/B, value), largest
     first so each stays aligned. Callers leave out fields equal to their default, as
-    FlatBuffers builders do.
+    FlatBuffers builders do. The layout depends only on which fields are present, so it is
+    worked out once per shape (a handful per message type) and kept.
     """
-    nchildren = len(children)
-    nslots = 1 + max([fid for fid, _ in children] + [fid for fid, _, _ in scalars], default=-1)
+    shape = (tuple([c[0] for c in children]), tuple([(s[0], s[1]) for s in scalars]))
+    layout = _LAYOUTS.get(shape)
+    if layout is None:
+        layout = _LAYOUTS[shape] = _layout(*shape)
+    vtable, start, child_pos, pack = layout
+    parts = [vtable, b""]
+    args = [start]
+    slot = start + 4
+    for _, (blob, entry) in children:
+        args.append(child_pos + entry - slot)
+        slot += 4
+        child_pos += len(blob)
+        parts.append(blob)
+    for s in scalars:
+        args.append(s[2])
+    try:
+        parts[1] = pack(*args)
+    except struct.error as exc:
+        raise ValueError(f"field value out of range: {exc}") from None
+    return parts, start
+
+
+_LAYOUTS: dict[tuple, tuple[bytes, int, int, Callable[..., bytes]]] = {}
+
+
+def _layout(
+    child_ids: tuple[int, ...], scalar_specs: tuple[tuple[int, str], ...]
+) -> tuple[bytes, int, int, Callable[..., bytes]]:
+    """(padded vtable, table start, first child's position, pack of the table) for a shape."""
+    nslots = 1 + max([*child_ids, *[fid for fid, _ in scalar_specs]], default=-1)
     slots = [0] * nslots
     pos = 4
-    for fid, _ in children:
+    for fid in child_ids:
         slots[fid] = pos
         pos += 4
     codes = ""
-    values = []
-    for fid, code, value in scalars:
+    for fid, code in scalar_specs:
         slots[fid] = pos
         pos += _SCALAR_SIZE[code]
         codes += code
-        values.append(value)
     table_size = (pos + 3) & ~3
     vtable_size = 4 + 2 * nslots
     start = (vtable_size + 3) & ~3  # the vtable, padded so the table is 4-aligned
     vtable = struct.pack(f"<{2 + nslots}H{start - vtable_size}x", vtable_size, table_size, *slots)
-    child_pos = start + table_size
-    parts = [vtable, b""]
-    offsets = []
-    for i, (_, (blob, entry)) in enumerate(children):
-        offsets.append(child_pos + entry - (start + 4 + 4 * i))
-        child_pos += len(blob)
-        parts.append(blob)
-    try:
-        layout = f"<i{nchildren}I{codes}{table_size - pos}x"
-        parts[1] = struct.pack(layout, start, *offsets, *values)
-    except struct.error as exc:
-        raise ValueError(f"field value out of range: {exc}") from None
-    return b"".join(parts), start
+    pack = struct.Struct(f"<i{len(child_ids)}I{codes}{table_size - pos}x").pack
+    return vtable, start, start + table_size, pack
 
 
-def _finish(root: Blob) -> bytes:
-    """A whole buffer: the root offset, then the root table's blob."""
-    blob, entry = root
-    return _P32(4 + entry) + blob
+def _root(children: list[tuple[int, Blob]], scalars: list[tuple[int, str, int]]) -> bytes:
+    """A whole buffer with this table as root: the root offset, then the table, one join."""
+    parts, start = _table_parts(children, scalars)
+    parts[0] = _P32(4 + start) + parts[0]
+    return b"".join(parts)
 
 
 def _stop_table(stop: Stop) -> Blob:
@@ -619,12 +712,12 @@ def encode_prepare_conf_req(msg: PrepareConfReq) -> bytes:
     children = [(_PCQ_KEY, _string(msg.key))]
     if msg.conf:
         children.append((_PCQ_CONF, _entries(msg.conf)))
-    return _finish(_table(children, []))
+    return _root(children, [])
 
 
 def encode_prepare_conf_resp(token: int) -> bytes:
     """PrepareConf.Resp carrying the token."""
-    return _finish(_table([], [(_PCP_TOKEN, "I", token)] if token else []))
+    return _root([], [(_PCP_TOKEN, "I", token)] if token else [])
 
 
 def encode_http_req_call_req(msg: HTTPReqCallReq) -> bytes:
@@ -643,7 +736,7 @@ def encode_http_req_call_req(msg: HTTPReqCallReq) -> bytes:
         (_HRQ_TOKEN, "I", msg.conf_token),
         (_HRQ_METHOD, "B", method),
     ]
-    return _finish(_table(children, [s for s in scalars if s[2]]))
+    return _root(children, [s for s in scalars if s[2]])
 
 
 def encode_http_req_call_resp(msg: HTTPReqCallResp) -> bytes:
@@ -651,7 +744,7 @@ def encode_http_req_call_resp(msg: HTTPReqCallResp) -> bytes:
     scalars = [(_HRP_ID, "I", msg.id)] if msg.id else []
     action = msg.action
     if action is None:
-        return _finish(_table([], scalars))
+        return _root([], scalars)
     if isinstance(action, Stop):
         kind, blob = _ACTION_STOP, _stop_table(action)
     elif isinstance(action, Rewrite):
@@ -659,7 +752,7 @@ def encode_http_req_call_resp(msg: HTTPReqCallResp) -> bytes:
     else:
         raise TypeError(f"action must be Stop, Rewrite or None, not {type(action).__name__}")
     scalars.append((_HRP_ACTION_TYPE, "B", kind))
-    return _finish(_table([(_HRP_ACTION, blob)], scalars))
+    return _root([(_HRP_ACTION, blob)], scalars)
 
 
 def encode_http_resp_call_req(msg: HTTPRespCallReq) -> bytes:
@@ -670,7 +763,7 @@ def encode_http_resp_call_req(msg: HTTPRespCallReq) -> bytes:
         (_SRQ_STATUS, "H", msg.status),
     ]
     children = [(_SRQ_HEADERS, _entries(msg.headers))]
-    return _finish(_table(children, [s for s in scalars if s[2]]))
+    return _root(children, [s for s in scalars if s[2]])
 
 
 def encode_http_resp_call_resp(msg: HTTPRespCallResp) -> bytes:
@@ -681,7 +774,7 @@ def encode_http_resp_call_resp(msg: HTTPRespCallResp) -> bytes:
         children.append((_SRP_HEADERS, _entries(msg.headers)))
     if msg.body:
         children.append((_SRP_BODY, _byte_vector(msg.body)))
-    return _finish(_table(children, [s for s in scalars if s[2]]))
+    return _root(children, [s for s in scalars if s[2]])
 
 
 def encode_extra_info_req(msg: ExtraInfoReq) -> bytes:
@@ -694,16 +787,16 @@ def encode_extra_info_req(msg: ExtraInfoReq) -> bytes:
         info = _table([], [])
     else:
         raise ValueError(f"info type {msg.info_type} is not Var, ReqBody or RespBody")
-    return _finish(_table([(_EIQ_INFO, info)], [(_EIQ_TYPE, "B", msg.info_type)]))
+    return _root([(_EIQ_INFO, info)], [(_EIQ_TYPE, "B", msg.info_type)])
 
 
 def encode_extra_info_resp(msg: ExtraInfoResp) -> bytes:
     """ExtraInfo.Resp; None leaves `result` out (what APISIX sends for nil), b"" writes it empty."""
     if msg.result is None:
-        return _finish(_table([], []))
-    return _finish(_table([(_EIP_RESULT, _byte_vector(msg.result))], []))
+        return _root([], [])
+    return _root([(_EIP_RESULT, _byte_vector(msg.result))], [])
 
 
 def encode_err(code: int) -> bytes:
     """Err.Resp; BAD_REQUEST (0) is the default: an empty table, which APISIX reads as 0."""
-    return _finish(_table([], [(_ERR_CODE, "B", code)] if code else []))
+    return _root([], [(_ERR_CODE, "B", code)] if code else [])

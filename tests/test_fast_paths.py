@@ -1,0 +1,117 @@
+"""The runner's fast paths read and write exactly what the plain paths do.
+
+Lazy header/argument decoding (a `say` call never decodes them), table layouts kept per shape,
+and the one-recv-one-frame read each answer the same as the flatbuffers library, or as the
+general code path they shortcut.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+import tests.plugins_for_tests  # noqa: F401  (registers the test plugins)
+from sidecar.cache import ConfCache
+from sidecar.plugin import registry
+from sidecar.protocol import messages as m
+from sidecar.protocol.frame import FrameReader, pack_frame
+from sidecar.runner import Runner
+from tests.test_messages import REQ_CALL, REQ_REPLY, RESP_REPLY, SAMPLES, fb_build, fb_read
+
+REQ_SAMPLES = [msg for _, kind, msg in SAMPLES if kind is REQ_CALL]
+REPLY_SAMPLES = [(kind, msg) for _, kind, msg in SAMPLES if kind in (REQ_REPLY, RESP_REPLY)]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["declared-order", "reverse-order"])
+@pytest.mark.parametrize("msg", REQ_SAMPLES)
+def test_lazy_decode_reads_what_flatbuffers_builder_writes(msg, reverse):
+    buf = fb_build(REQ_CALL.table, REQ_CALL.to_wire(msg), reverse=reverse)
+    lazy = m.decode_http_req_call_req(buf, lazy=True)
+    assert isinstance(lazy.headers, m.LazyEntries) and isinstance(lazy.args, m.LazyEntries)
+    assert lazy == msg == m.decode_http_req_call_req(buf)
+    assert list(lazy.headers) == msg.headers and len(lazy.args) == len(msg.args)
+    assert [lazy.args[i] for i in range(len(msg.args))] == msg.args
+
+
+def _corrupt_headers(msg: m.HTTPReqCallReq) -> bytes:
+    """The request with its headers vector claiming far more entries than the payload holds."""
+    buf = bytearray(m.encode_http_req_call_req(msg))
+    r = m._Reader(bytes(buf))
+    f = r.root(len(m._FIELDS["A6.HTTPReqCall.Req"]))
+    at = r.target(f[m._HRQ_HEADERS])
+    struct.pack_into("<I", buf, at, 1 << 20)
+    return bytes(buf)
+
+
+def test_a_malformed_header_vector_fails_when_it_is_first_read():
+    msg = m.HTTPReqCallReq(id=1, src_ip=b"\x7f\0\0\1", method="GET", path="/p",
+                           args=[("a", "1")], headers=[("host", "h")], conf_token=9)
+    buf = _corrupt_headers(msg)
+    with pytest.raises(m.DecodeError):
+        m.decode_http_req_call_req(buf)
+    lazy = m.decode_http_req_call_req(buf, lazy=True)
+    assert lazy.args == [("a", "1")]
+    with pytest.raises(m.DecodeError):
+        list(lazy.headers)
+
+
+@pytest.fixture
+def runner() -> Runner:
+    import sidecar.plugins  # noqa: F401
+
+    return Runner(registry, ConfCache(ttl=60))
+
+
+def _token(runner: Runner, conf) -> int:
+    frame = runner.handle(1, m.encode_prepare_conf_req(m.PrepareConfReq(conf=conf, key="")))
+    return m.decode_prepare_conf_resp(frame[1])
+
+
+def test_a_plugin_reading_a_malformed_header_vector_gets_bad_request(runner):
+    token = _token(runner, [("test-rewrite", '{"set_headers": {"x-a": "1"}}')])
+    msg = m.HTTPReqCallReq(id=1, src_ip=b"\x7f\0\0\1", method="GET", path="/p",
+                           args=[], headers=[("host", "h")], conf_token=token)
+    rpc_type, reply = runner.handle(2, _corrupt_headers(msg))
+    assert (rpc_type, m.decode_err(reply)) == (0, m.ERR_BAD_REQUEST)
+
+
+def test_a_plugin_that_never_reads_the_headers_answers_without_decoding_them(runner):
+    token = _token(runner, [("say", '{"body": "hi"}')])
+    msg = m.HTTPReqCallReq(id=1, src_ip=b"\x7f\0\0\1", method="GET", path="/p",
+                           args=[], headers=[("host", "h")], conf_token=token)
+    rpc_type, reply = runner.handle(2, _corrupt_headers(msg))
+    assert rpc_type == 2 and m.decode_http_req_call_resp(reply).action.body == b"hi"
+
+
+@pytest.mark.parametrize(("kind", "msg"), REPLY_SAMPLES)
+def test_replies_encoded_twice_with_kept_layouts_read_the_same_in_flatbuffers(kind, msg):
+    first, second = kind.encode(msg), kind.encode(msg)  # the second uses the kept layout
+    assert first == second
+    assert fb_read(second, kind.table) == kind.to_wire(msg)
+
+
+@pytest.mark.parametrize("split", [None, 3, 6], ids=["one-recv", "header-split", "body-split"])
+def test_a_frame_read_in_one_recv_or_in_pieces_is_the_same(split):
+    payload = b"a payload of some length"
+    frame = pack_frame(2, payload)
+    a, b = socket.socketpair()
+    with a, b:
+        reader = FrameReader(b)
+        if split is None:
+            a.sendall(frame)  # exactly one frame per recv: the fast path
+        else:
+            a.sendall(frame[:split])
+        if split is not None:
+            a.sendall(frame[split:])
+        assert reader.read() == (2, payload)
+        # several frames and the start of another in one segment: the buffered path
+        a.sendall(pack_frame(4, b"next") + pack_frame(1, b"") + pack_frame(2, b"x")[:2])
+        assert reader.read() == (4, b"next")
+        assert reader.read() == (1, b"")
+        a.sendall(pack_frame(2, b"x")[2:])
+        assert reader.read() == (2, b"x")
+        assert reader.pending == 0
+        a.close()
+        assert reader.read() is None
