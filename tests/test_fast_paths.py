@@ -92,6 +92,22 @@ def test_replies_encoded_twice_with_kept_layouts_read_the_same_in_flatbuffers(ki
     assert fb_read(second, kind.table) == kind.to_wire(msg)
 
 
+STOP_SAMPLES = [
+    msg.action
+    for kind, msg in REPLY_SAMPLES
+    if kind is REQ_REPLY and isinstance(msg.action, m.Stop)
+]
+
+
+@pytest.mark.parametrize("call_id", [1, 7, 0x01020304, 0xFFFFFFFF])
+@pytest.mark.parametrize("stop", STOP_SAMPLES)
+def test_a_kept_stop_reply_with_its_id_spliced_in_is_the_full_encoding(stop, call_id):
+    msg = m.HTTPReqCallResp(id=call_id, action=stop)
+    first, second = m.encode_http_req_call_resp(msg), m.encode_http_req_call_resp(msg)
+    assert first == second == m._encode_req_call_resp(msg)  # the second is the kept one
+    assert fb_read(second, REQ_REPLY.table) == REQ_REPLY.to_wire(msg)
+
+
 @pytest.mark.parametrize("split", [None, 3, 6], ids=["one-recv", "header-split", "body-split"])
 def test_a_frame_read_in_one_recv_or_in_pieces_is_the_same(split):
     payload = b"a payload of some length"
