@@ -126,39 +126,28 @@ class Runner:
 
     def _request_call(self, payload: bytes, ask: Ask) -> bytes:
         req = m.decode_http_req_call_req(payload, lazy=True)  # headers/args on first use
-        prepared = self._lookup(req.conf_token, req.id)
+        call_id, token = req.id, req.conf_token
+        chain = self._lookup(token, call_id).chain
         started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
-        request = new_request(req, ask)
-        action = self._guard(run_request_chain, prepared.chain, request, req.conf_token, req.id)
+        try:
+            action = run_request_chain(chain, new_request(req, ask))
+        except _PluginFailed as exc:
+            raise _plugin_failed(exc, token, call_id) from None
         if started:
-            _log_call("request call", req.conf_token, req.id, started, action)
-        return m.encode_http_req_call_resp(m.HTTPReqCallResp(id=req.id, action=action))
+            _log_call("request call", token, call_id, started, action)
+        return m.encode_http_req_call_resp(m.HTTPReqCallResp(call_id, action))
 
     def _response_call(self, payload: bytes, ask: Ask) -> bytes:
         req = m.decode_http_resp_call_req(payload)
-        prepared = self._lookup(req.conf_token, req.id)
+        chain = self._lookup(req.conf_token, req.id).chain
         started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
-        response = new_response(req, ask)
-        reply = self._guard(run_response_chain, prepared.chain, response, req.conf_token, req.id)
+        try:
+            reply = run_response_chain(chain, new_response(req, ask))
+        except _PluginFailed as exc:
+            raise _plugin_failed(exc, req.conf_token, req.id) from None
         if started:
             _log_call("response call", req.conf_token, req.id, started, reply)
         return m.encode_http_resp_call_resp(reply)
-
-    @staticmethod
-    def _guard(run: Callable[[Any, Any], Any], chain: Any, subject: Any, token: int,
-               call_id: int) -> Any:
-        """run(chain, subject); a plugin failure becomes SERVICE_UNAVAILABLE, logged once."""
-        try:
-            return run(chain, subject)
-        except ExtraInfoFailed:
-            raise
-        except _PluginFailed as exc:
-            log.error(
-                "plugin failed",
-                exc_info=exc.__cause__,
-                extra={"plugin": exc.plugin, "token": token, "request_id": call_id},
-            )
-            raise _CallError(m.ERR_SERVICE_UNAVAILABLE) from None
 
 
 class _CallError(Exception):
@@ -169,6 +158,16 @@ class _CallError(Exception):
 class _PluginFailed(Exception):
     def __init__(self, plugin: str) -> None:
         self.plugin = plugin
+
+
+def _plugin_failed(exc: _PluginFailed, token: int, call_id: int) -> _CallError:
+    """A plugin failure becomes SERVICE_UNAVAILABLE, logged once with the plugin's traceback."""
+    log.error(
+        "plugin failed",
+        exc_info=exc.__cause__,
+        extra={"plugin": exc.plugin, "token": token, "request_id": call_id},
+    )
+    return _CallError(m.ERR_SERVICE_UNAVAILABLE)
 
 
 def error_frame(code: int) -> tuple[int, bytes]:
@@ -220,7 +219,7 @@ def run_request_chain(chain: list[tuple[Any, Any]], request: Request) -> m.Stop 
         except Exception as exc:
             raise _PluginFailed(plugin.name) from exc
         if stop.stopped:
-            return m.Stop(status=stop.status, headers=stop.headers.items(), body=stop.body)
+            return m.Stop(stop.status, stop.headers.items(), stop.body)
     return rewrite_of(request)
 
 

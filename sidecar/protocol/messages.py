@@ -458,29 +458,58 @@ class LazyEntries:
         return repr(self._load())
 
 
+# decode_http_req_call_req unpacks the field positions in this order.
+assert (_HRQ_ID, _HRQ_SRC_IP, _HRQ_METHOD, _HRQ_PATH, _HRQ_ARGS, _HRQ_HEADERS, _HRQ_TOKEN) == (
+    0, 1, 2, 3, 4, 5, 6)
+
+
+def _vector_bytes(data: bytes, end: int, p: int) -> bytes:
+    """The bytes of the [ubyte] or string referenced at p (b"" when absent), checked as
+    _Reader.vector checks them; the caller charges them to the budget."""
+    if not p:
+        return b""
+    if p + 4 > end:
+        raise DecodeError(f"offset at {p} lies outside the payload")
+    v = p + _U32(data, p)[0]
+    if v + 4 > end:
+        raise DecodeError(f"vector at {v} lies outside the payload")
+    stop = v + 4 + _U32(data, v)[0]
+    if stop > end:
+        raise DecodeError(f"vector at {v} of {stop - v - 4} elements runs past the payload")
+    return data[v + 4 : stop]
+
+
 def decode_http_req_call_req(buf: bytes, *, lazy: bool = False) -> HTTPReqCallReq:
     """HTTPReqCall.Req; a method outside the Method enum is a DecodeError.
 
     lazy=True (the runner) leaves `args` and `headers` as LazyEntries, decoded on first use.
+    Every call's hot path, so the other fields are read inline with _Reader's bounds checks.
     """
     r = _Reader(buf)
-    f = r.root(_W_HRQ)
-    method = r.u8(f[_HRQ_METHOD])
+    id_at, ip_at, method_at, path_at, args_at, headers_at, token_at = r.root(_W_HRQ)
+    data, end = r.buf, r.end
+    # An absent field is at 0, which passes these checks (end >= _MIN_TABLE) and reads as 0.
+    if id_at + 4 > end or method_at + 1 > end or token_at + 4 > end:
+        raise DecodeError("a scalar field lies outside the payload")
+    method = data[method_at] if method_at else 0
     if method >= len(METHODS):
         raise DecodeError(f"method enum value {method} is not in A6.Method")
+    src_ip = _vector_bytes(data, end, ip_at)
+    path = _vector_bytes(data, end, path_at)
+    r.charge(len(src_ip) + len(path))
     if lazy:
-        args: list[Entry] = LazyEntries(r, f[_HRQ_ARGS])  # type: ignore[assignment]
-        headers: list[Entry] = LazyEntries(r, f[_HRQ_HEADERS])  # type: ignore[assignment]
+        args: list[Entry] = LazyEntries(r, args_at)  # type: ignore[assignment]
+        headers: list[Entry] = LazyEntries(r, headers_at)  # type: ignore[assignment]
     else:
-        args, headers = r.entries(f[_HRQ_ARGS]), r.entries(f[_HRQ_HEADERS])
+        args, headers = r.entries(args_at), r.entries(headers_at)
     return HTTPReqCallReq(
-        id=r.u32(f[_HRQ_ID]),
-        src_ip=r.byte_vector(f[_HRQ_SRC_IP]) or b"",
-        method=METHODS[method],
-        path=r.string(f[_HRQ_PATH]) or "",
-        args=args,
-        headers=headers,
-        conf_token=r.u32(f[_HRQ_TOKEN]),
+        _U32(data, id_at)[0] if id_at else 0,
+        src_ip,
+        METHODS[method],
+        path.decode("utf-8", "surrogateescape"),
+        args,
+        headers,
+        _U32(data, token_at)[0] if token_at else 0,
     )
 
 
