@@ -209,7 +209,6 @@ class Server:
         connections[sock] = False
         reader = FrameReader(sock)
         channel = _ExtraInfoChannel(reader, sock)
-        deadline = gevent.Timeout(self.call_timeout)  # one per connection, restarted per call
         read, call, send = reader.read, self._call, sock.send
         try:
             while not self._stopping:
@@ -217,7 +216,7 @@ class Server:
                 if frame is None:
                     break
                 connections[sock] = True
-                reply_type, reply = call(frame[0], frame[1], channel, deadline)
+                reply_type, reply = call(frame[0], frame[1], channel)
                 data = pack_frame(reply_type, reply)
                 sent = send(data)  # one send is the usual case; sendall costs a getsockopt
                 if sent < len(data):
@@ -234,17 +233,19 @@ class Server:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
                 log.warning("connection error", extra={"reason": str(exc)})
         finally:
-            deadline.close()
             connections.pop(sock, None)
             sock.close()
             if self._stopping and not connections:
                 self._drained.set()
 
     def _call(
-        self, rpc_type: int, payload: bytes, channel: _ExtraInfoChannel, deadline: gevent.Timeout
+        self, rpc_type: int, payload: bytes, channel: _ExtraInfoChannel
     ) -> tuple[int, bytes]:
         """Run one call under the deadline; a plugin that swallows the deadline still fails it,
         and one that raises SystemExit or KeyboardInterrupt fails its call, not the runner."""
+        # A fresh Timeout per call: a restarted one keeps its first due time in gevent 26, so
+        # on a connection older than the deadline it fired in the middle of healthy calls.
+        deadline = gevent.Timeout(self.call_timeout)
         deadline.start()
         try:
             reply: tuple[int, bytes] | None = self.runner.handle(rpc_type, payload, channel.ask)
@@ -257,7 +258,7 @@ class Server:
             reply = error_frame(m.ERR_SERVICE_UNAVAILABLE)
         finally:
             expired = not deadline.pending
-            deadline.cancel()
+            deadline.close()
         if channel.waiting:
             raise ExtraInfoFailed(
                 f"no ExtraInfo answer within the {self.call_timeout}s call deadline"

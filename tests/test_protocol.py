@@ -256,3 +256,30 @@ def test_pooled_connections_the_runner_closed_are_dropped_not_reused(start_runne
         start_runner(path=first.path)
         assert c.request(SAY).action.body == b"hello"
         assert c.retries == 1
+
+
+def test_calls_on_connections_older_than_the_deadline_are_not_cut(shared_runner):
+    """The runner runs with --call-timeout 1: each call's deadline counts from its own start,
+    however long its connection has lived and however busy the runner is."""
+    conf = [("test-echo", '{"vars": ["remote_addr"]}')]
+    errors: list[BaseException] = []
+    counts: list[int] = []
+
+    def worker() -> None:
+        try:
+            with Client(shared_runner.path) as c:
+                started, calls = time.monotonic(), 0
+                while time.monotonic() - started < 3:
+                    reply = c.request(conf, vars={"remote_addr": "10.0.0.9"})
+                    assert json.loads(reply.action.body)["vars"] == {"remote_addr": "10.0.0.9"}
+                    calls += 1
+                counts.append(calls)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(counts) == 6
