@@ -26,6 +26,7 @@ Ask = Callable[[int, "str | None"], "bytes | None"]
 """Asks APISIX for one ExtraInfo item mid-call: (INFO_VAR, name) / (INFO_REQ_BODY, None) / ..."""
 
 _JOINED_WITH_SEMICOLON = frozenset(("cookie",))
+_HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}  # dropped when the body is replaced
 
 
 class ExtraInfoFailed(Exception):
@@ -279,7 +280,7 @@ def run_response_chain(chain: list[tuple[Any, Any]], response: Response) -> m.HT
         except Exception as exc:
             raise _PluginFailed(plugin.name) from exc
     body = response.new_body or b""
-    drop = HOP_BY_HOP | {"content-length"} if body else HOP_BY_HOP
+    drop = _HOP_BY_HOP_AND_LENGTH if body else HOP_BY_HOP
     headers = [(n, v) for n, v in response.headers.items() if n.lower() not in drop]
     status = response.status if response.status != response.upstream_status else 0
     return m.HTTPRespCallResp(id=response.id, status=status, headers=headers, body=body)
