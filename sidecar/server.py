@@ -1,4 +1,9 @@
-"""The gevent server on the unix socket: connections, ExtraInfo round trips, signals, the file."""
+"""The gevent server on the unix socket: connections, ExtraInfo round trips, signals, the file.
+
+Each connection is a greenlet over a plain non-blocking socket that reads only once the event loop
+reports it readable. That spares the failed recv a gevent socket makes before it waits, and it keeps
+connections fair: one whose next request is already there still waits its turn in the loop.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,19 @@ import stat
 import time
 
 import gevent
-import gevent.socket
+from gevent import monkey
 from gevent.event import Event
-from gevent.server import StreamServer
-from greenlet import GreenletExit, greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
 
 from .protocol import messages as m
-from .protocol.frame import RPC_EXTRA_INFO, RPC_NAMES, FrameError, FrameReader, pack_frame
+from .protocol.frame import (
+    HEADER_SIZE,
+    RPC_EXTRA_INFO,
+    RPC_NAMES,
+    FrameError,
+    IncompleteFrame,
+    pack_frame,
+)
 from .runner import ExtraInfoFailed, Runner, error_frame
 
 log = logging.getLogger("sidecar.server")
@@ -28,6 +39,9 @@ DEFAULT_BACKLOG = 1024
 DEFAULT_CALL_TIMEOUT = 55.0
 DEFAULT_GRACE = 0.8
 _UNIX_PATH_MAX = 107
+_RECV_CHUNK = 65536
+# The stdlib class even when gevent has patched the module: the server waits on the loop itself.
+_StdSocket = monkey.get_original("socket", "socket")
 
 
 class AddressError(ValueError):
@@ -69,7 +83,7 @@ def bind_unix(path: str, mode: int, backlog: int) -> tuple[socket.socket, tuple[
             raise AddressError(f"{path!r} exists and is not a socket; refusing to replace it")
         os.unlink(path)
         log.info("removed stale socket file", extra={"path": path})
-    sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _StdSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)
     try:
         sock.bind(path)
@@ -80,8 +94,14 @@ def bind_unix(path: str, mode: int, backlog: int) -> tuple[socket.socket, tuple[
         os.umask(old_umask)
     os.chmod(path, mode)
     sock.listen(backlog)
+    sock.setblocking(False)
     st = os.stat(path)
     return sock, (st.st_dev, st.st_ino)
+
+
+class CallDeadline(BaseException):
+    """Thrown into a call that outlived the call deadline (BaseException: plugins catching
+    Exception do not swallow it)."""
 
 
 class Server:
@@ -108,28 +128,32 @@ class Server:
         # Taken before the socket exists: a parent that dies once it is listening still counts.
         self._parent = os.getppid()
         self._identity: tuple[int, int] | None = None
-        self._server: StreamServer | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: gevent.Greenlet | None = None
         self._stop = Event()
         self._stopping = False
-        self._connections: dict[socket.socket, bool] = {}
+        self._connections: dict[_Connection, None] = {}
         self._drained = Event()
 
     def bind(self) -> None:
         """Create the socket file and listen (raises AddressError)."""
-        listener, self._identity = bind_unix(self.path, self.socket_mode, self.backlog)
-        self._server = StreamServer(listener, self._serve)
+        self._listener, self._identity = bind_unix(self.path, self.socket_mode, self.backlog)
 
     def serve_forever(self) -> None:
         """Accept connections until asked to stop, then drain in-flight calls and clean up."""
-        if self._server is None:
+        if self._listener is None:
             self.bind()
-        assert self._server is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.request_stop, sig)
         gevent.signal_handler(signal.SIGUSR1, self.log_status)
         if self.watch_parent:
             gevent.spawn(self._watch_parent, self._parent)
-        self._server.start()
+        # One timer checks every call's deadline: cheaper than a timer started and stopped per
+        # call, at the price of firing up to one tick late.
+        tick = min(1.0, max(0.01, self.call_timeout / 20))
+        deadlines = gevent.get_hub().loop.timer(tick, tick)
+        deadlines.start(self._expire_calls)
+        self._acceptor = gevent.spawn(self._accept)
         log.info(
             "listening",
             extra={
@@ -140,8 +164,11 @@ class Server:
                 "plugins": self.runner.registry.names(),
             },
         )
-        self._stop.wait()
-        self._shutdown()
+        try:
+            self._stop.wait()
+            self._shutdown()
+        finally:
+            deadlines.close()
 
     def request_stop(self, signum: int | None = None) -> None:
         """Stop accepting now; in-flight calls get `grace` seconds to finish."""
@@ -167,19 +194,20 @@ class Server:
     @property
     def in_flight(self) -> int:
         """Connections in the middle of a call."""
-        return sum(1 for busy in self._connections.values() if busy)
+        return sum(1 for conn in self._connections if conn.busy)
 
     def _shutdown(self) -> None:
         started = time.monotonic()
-        assert self._server is not None
-        self._server.close()
-        for sock, busy in list(self._connections.items()):
-            if not busy:
-                _shutdown_socket(sock)
+        assert self._acceptor is not None and self._listener is not None
+        self._acceptor.kill()
+        self._listener.close()
+        for conn in list(self._connections):
+            if not conn.busy:
+                conn.shutdown()
         if self._connections and not self._drained.wait(self.grace):
             log.warning("grace period over; dropping calls", extra={"in_flight": self.in_flight})
-            for sock in list(self._connections):
-                _shutdown_socket(sock)
+            for conn in list(self._connections):
+                conn.shutdown()
         self._unlink_if_ours()
         log.info("stopped", extra={"duration_ms": round((time.monotonic() - started) * 1000, 1)})
 
@@ -204,66 +232,88 @@ class Server:
                 log.warning("parent process exited; stopping", extra={"parent_pid": parent})
                 self.request_stop()
 
-    def _serve(self, sock: socket.socket, _addr: object) -> None:
+    def _accept(self) -> None:
+        """Accept every pending connection each time the listener is readable."""
+        listener = self._listener
+        assert listener is not None
+        hub = gevent.get_hub()
+        readable = hub.loop.io(listener.fileno(), 1)
+        try:
+            while True:
+                hub.wait(readable)
+                while True:
+                    try:
+                        fd, _ = listener._accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno == errno.ECONNABORTED:
+                            continue
+                        # EMFILE, ENFILE, ENOBUFS: wait for descriptors to free up, keep serving.
+                        log.warning("cannot accept a connection", extra={"reason": str(exc)})
+                        gevent.sleep(0.1)
+                        break
+                    sock = _StdSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+                    sock.setblocking(False)
+                    gevent.spawn(self._serve, sock)
+        finally:
+            readable.close()
+
+    def _expire_calls(self) -> None:
+        """Timer callback: throw CallDeadline into every call past its deadline."""
+        now = time.monotonic()
+        for conn in [c for c in self._connections if c.due and c.due <= now]:
+            conn.due = 0.0
+            conn.expired = True
+            conn.greenlet.throw(CallDeadline)
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = _Connection(sock)
         connections = self._connections
-        connections[sock] = False
-        reader = FrameReader(sock)
-        channel = _ExtraInfoChannel(reader, sock)
-        read, call, send = reader.read, self._call, sock.send
+        connections[conn] = None
+        read, call, send = conn.read_frame, self._call, conn.send_all
         try:
             while not self._stopping:
                 frame = read()
                 if frame is None:
                     break
-                connections[sock] = True
-                reply_type, reply = call(frame[0], frame[1], channel)
-                data = pack_frame(reply_type, reply)
-                sent = send(data)  # one send is the usual case; sendall costs a getsockopt
-                if sent < len(data):
-                    sock.sendall(memoryview(data)[sent:])
-                connections[sock] = False
-                # Let the other connections go first: when this one's next request is already
-                # there, recv does not block, and without this yield it is served again and
-                # again while the others wait (p99 at 256 connections was ~1000 x p50).
-                if len(connections) > 1:
-                    gevent.sleep(0)
+                conn.busy = True
+                reply_type, reply = call(conn, frame[0], frame[1])
+                send(pack_frame(reply_type, reply))
+                conn.busy = False
         except (FrameError, ExtraInfoFailed) as exc:
             log.info("closing connection", extra={"reason": str(exc)})
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
                 log.warning("connection error", extra={"reason": str(exc)})
         finally:
-            connections.pop(sock, None)
-            sock.close()
+            connections.pop(conn, None)
+            conn.close()
             if self._stopping and not connections:
                 self._drained.set()
 
-    def _call(
-        self, rpc_type: int, payload: bytes, channel: _ExtraInfoChannel
-    ) -> tuple[int, bytes]:
+    def _call(self, conn: _Connection, rpc_type: int, payload: bytes) -> tuple[int, bytes]:
         """Run one call under the deadline; a plugin that swallows the deadline still fails it,
         and one that raises SystemExit or KeyboardInterrupt fails its call, not the runner."""
-        # A fresh Timeout per call: a restarted one keeps its first due time in gevent 26, so
-        # on a connection older than the deadline it fired in the middle of healthy calls.
-        deadline = gevent.Timeout(self.call_timeout)
-        deadline.start()
+        conn.due = time.monotonic() + self.call_timeout
         try:
-            reply: tuple[int, bytes] | None = self.runner.handle(rpc_type, payload, channel.ask)
-        except gevent.Timeout:
+            try:
+                reply: tuple[int, bytes] | None = self.runner.handle(rpc_type, payload, conn.ask)
+            finally:
+                conn.due = 0.0
+        except CallDeadline:
             reply = None
         except (ExtraInfoFailed, GreenletExit):
             raise
         except BaseException:
             log.exception("call failed", extra={"rpc": RPC_NAMES.get(rpc_type, rpc_type)})
             reply = error_frame(m.ERR_SERVICE_UNAVAILABLE)
-        finally:
-            expired = not deadline.pending
-            deadline.close()
-        if channel.waiting:
+        if conn.waiting:
             raise ExtraInfoFailed(
                 f"no ExtraInfo answer within the {self.call_timeout}s call deadline"
             )
-        if reply is None or expired:
+        if reply is None or conn.expired:
+            conn.expired = False
             log.error("call deadline exceeded", extra={"timeout_s": self.call_timeout})
             return error_frame(m.ERR_SERVICE_UNAVAILABLE)
         return reply
@@ -273,17 +323,108 @@ _QUESTIONS: dict[tuple[int, str | None], bytes] = {}  # encoded ExtraInfo frames
 _QUESTIONS_KEPT = 1024  # plugins ask for a few fixed names; a bound in case one does not
 
 
-class _ExtraInfoChannel:
-    """Asks APISIX for a var or a body on the connection of the current call."""
+class _Connection:
+    """One APISIX connection: whole frames in, whole frames out, ExtraInfo asked mid-call.
 
-    __slots__ = ("_reader", "_sock", "waiting")
+    Every read first waits for the loop to report the socket readable (see the module doc).
+    """
 
-    def __init__(self, reader: FrameReader, sock: socket.socket) -> None:
-        self._reader = reader
-        self._sock = sock
-        self.waiting = False
+    __slots__ = (
+        "sock", "greenlet", "busy", "due", "expired", "waiting",
+        "_buf", "_hub", "_readable", "_writable", "_recv", "_send",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.greenlet = getcurrent()
+        self.busy = False  # in a call or sending its reply: drained, not cut, on stop
+        self.due = 0.0  # monotonic deadline of the running call, 0 between calls
+        self.expired = False  # the deadline fired during the running call
+        self.waiting = False  # an ExtraInfo question is unanswered
+        self._buf = bytearray()
+        self._hub = gevent.get_hub()
+        self._readable = self._hub.loop.io(sock.fileno(), 1)
+        self._writable: object | None = None
+        self._recv, self._send = sock.recv, sock.send
+
+    def _receive(self, size: int) -> bytes:
+        """Up to `size` bytes once readable; b"" at EOF."""
+        wait, readable, recv = self._hub.wait, self._readable, self._recv
+        while True:
+            wait(readable)
+            try:
+                return recv(size)
+            except BlockingIOError:  # readiness can be spurious
+                continue
+
+    def read_frame(self) -> tuple[int, bytes] | None:
+        """(type, payload) of the next frame; None on EOF between frames, IncompleteFrame inside."""
+        buf = self._buf
+        if not buf:
+            # The usual case: one recv brings exactly one whole frame; no buffer work then.
+            chunk = self._receive(_RECV_CHUNK)
+            if not chunk:
+                return None
+            size = len(chunk)
+            if size >= HEADER_SIZE and size == HEADER_SIZE + (
+                (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
+            ):
+                return chunk[0], chunk[HEADER_SIZE:]
+            buf += chunk
+        else:
+            gevent.sleep(0)  # a peer that sent several frames at once waits its turn too
+        while len(buf) < HEADER_SIZE:
+            chunk = self._receive(_RECV_CHUNK)
+            if not chunk:
+                raise IncompleteFrame(f"connection closed after {len(buf)} of 4 header bytes")
+            buf += chunk
+        rpc_type = buf[0]
+        length = (buf[1] << 16) | (buf[2] << 8) | buf[3]
+        end = HEADER_SIZE + length
+        have = len(buf)
+        if have >= end:
+            payload = bytes(buf[HEADER_SIZE:end])
+            del buf[:end]
+            return rpc_type, payload
+        # The rest of a long payload goes straight into a buffer of its final size.
+        frame = bytearray(end)
+        frame[:have] = buf
+        buf.clear()
+        view = memoryview(frame)
+        wait, readable, recv_into = self._hub.wait, self._readable, self.sock.recv_into
+        while have < end:
+            wait(readable)
+            try:
+                got = recv_into(view[have:])
+            except BlockingIOError:
+                continue
+            if not got:
+                raise IncompleteFrame(
+                    f"connection closed after {have - HEADER_SIZE} of {length} payload bytes"
+                )
+            have += got
+        return rpc_type, bytes(view[HEADER_SIZE:])
+
+    def send_all(self, data: bytes) -> None:
+        """Send every byte, waiting for room when the peer is slow to read."""
+        try:
+            sent = self._send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        if self._writable is None:
+            self._writable = self._hub.loop.io(self.sock.fileno(), 2)
+        view = memoryview(data)[sent:]
+        while view:
+            self._hub.wait(self._writable)
+            try:
+                view = view[self._send(view):]
+            except BlockingIOError:
+                continue
 
     def ask(self, info_type: int, name: str | None) -> bytes | None:
+        """One ExtraInfo round trip on this connection, in the middle of the current call."""
         question = _QUESTIONS.get((info_type, name))
         if question is None:
             encoded = m.encode_extra_info_req(m.ExtraInfoReq(info_type=info_type, name=name))
@@ -294,8 +435,8 @@ class _ExtraInfoChannel:
         # stream is then out of step and the connection must be closed.
         self.waiting = True
         try:
-            self._sock.sendall(question)
-            frame = self._reader.read()
+            self.send_all(question)
+            frame = self.read_frame()
         except (OSError, FrameError) as exc:
             raise ExtraInfoFailed(f"ExtraInfo exchange failed: {exc}") from None
         self.waiting = False
@@ -309,9 +450,16 @@ class _ExtraInfoChannel:
         except m.DecodeError as exc:
             raise ExtraInfoFailed(f"undecodable ExtraInfo answer: {exc}") from None
 
+    def shutdown(self) -> None:
+        """Wake the connection's reader with EOF (it then closes); used when stopping."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
-def _shutdown_socket(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+    def close(self) -> None:
+        """Stop watching the descriptor, then close it (libev must not watch a closed fd)."""
+        self._readable.close()
+        if self._writable is not None:
+            self._writable.close()  # type: ignore[attr-defined]
+        self.sock.close()
