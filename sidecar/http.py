@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 Entry = tuple[str, "str | None"]
 FetchVar = Callable[[str], "bytes | None"]
@@ -76,9 +77,11 @@ class _MultiDict:
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of `name` with one value."""
-        self._check(name, value)
+        if type(value) is not str or type(name) is not str or not name:
+            self._check(name, value)
         key = self._fold(name)
-        self._touch(key)
+        if key not in self._touched:
+            self._touch(key)
         self._data[key] = (name, [value])
 
     def add(self, name: str, value: str) -> None:
@@ -171,7 +174,7 @@ class _HeldByAPISIX:
     def __init__(self, fetch_var: FetchVar, fetch_body: FetchBody) -> None:
         self._fetch_var = fetch_var
         self._fetch_body = fetch_body
-        self._vars: dict[str, str | None] = {}
+        self._vars: dict[str, str | None] | None = None
         self._body: bytes | None = None
         self._new_body: bytes | None = None
 
@@ -180,10 +183,14 @@ class _HeldByAPISIX:
 
         Asked from APISIX on first use, then kept for the rest of the call.
         """
-        if name not in self._vars:
-            raw = self._fetch_var(name)
-            self._vars[name] = None if raw is None else _to_text(raw)
-        return self._vars[name]
+        known = self._vars
+        if known is None:
+            known = self._vars = {}
+        elif name in known:
+            return known[name]
+        raw = self._fetch_var(name)
+        value = known[name] = None if raw is None else _to_text(raw)
+        return value
 
     def body(self) -> bytes:
         """The body (asked from APISIX once per call; b"" when there is none), or the new one."""
@@ -209,30 +216,28 @@ class _HeldByAPISIX:
         return self._new_body
 
 
+class CallFields(Protocol):
+    """What a Request is made from: the fields of an HTTPReqCall, read when a plugin asks."""
+
+    id: int
+    src_ip: bytes
+    method: str
+    path: str
+    args: Iterable[Entry]
+    headers: Iterable[Entry]
+
+
 class Request(_HeldByAPISIX):
     """The client request as APISIX describes it in an HTTPReqCall (pre-req and post-req)."""
 
     _what = "request body"
 
-    def __init__(
-        self,
-        id: int,
-        src_ip: bytes,
-        method: str,
-        path: str,
-        args: Iterable[Entry],
-        headers: Iterable[Entry],
-        fetch_var: FetchVar,
-        fetch_body: FetchBody,
-    ) -> None:
+    def __init__(self, call: CallFields, fetch_var: FetchVar, fetch_body: FetchBody) -> None:
         super().__init__(fetch_var, fetch_body)
-        self.id = id
-        self.method = method
-        self._src_ip = src_ip
-        self._path = path
-        self._original_path = path
-        self._raw_args = args
-        self._raw_headers = headers
+        self.id = call.id
+        self.method = call.method
+        self._call = call  # its path, address, args and headers are only read when asked for
+        self._path: str | None = None
         self._args: Args | None = None
         self._headers: Headers | None = None
         self._resp_headers: Headers | None = None
@@ -240,14 +245,15 @@ class Request(_HeldByAPISIX):
     @property
     def src_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The client address (APISIX sends 4 or 16 raw bytes); None when it sent neither."""
-        if len(self._src_ip) in (4, 16):
-            return ipaddress.ip_address(self._src_ip)
+        raw = self._call.src_ip
+        if len(raw) in (4, 16):
+            return ipaddress.ip_address(raw)
         return None
 
     @property
     def path(self) -> str:
         """The path APISIX will proxy (nginx's normalized, percent-decoded `$uri`); settable."""
-        return self._path
+        return self._call.path if self._path is None else self._path
 
     @path.setter
     def path(self, value: str) -> None:
@@ -258,20 +264,20 @@ class Request(_HeldByAPISIX):
     @property
     def path_changed(self) -> bool:
         """True when a plugin set another path."""
-        return self._path != self._original_path
+        return self._path is not None and self._path != self._call.path
 
     @property
     def args(self) -> Args:
         """The query arguments, percent-decoded; changes are sent to APISIX."""
         if self._args is None:
-            self._args = Args(self._raw_args)
+            self._args = Args(self._call.args)
         return self._args
 
     @property
     def headers(self) -> Headers:
         """The request headers (names lower-cased by APISIX); changes are sent to APISIX."""
         if self._headers is None:
-            self._headers = Headers(self._raw_headers)
+            self._headers = Headers(self._call.headers)
         return self._headers
 
     @property
@@ -311,9 +317,16 @@ class StopResponse:
 
     def __init__(self) -> None:
         self._status = 0
-        self.headers = Headers()
+        self._headers: Headers | None = None
         self._body = bytearray()
         self._written = False
+
+    @property
+    def headers(self) -> Headers:
+        """The response headers; setting one stops the request."""
+        if self._headers is None:
+            self._headers = Headers()
+        return self._headers
 
     @property
     def status(self) -> int:
@@ -322,7 +335,8 @@ class StopResponse:
 
     @status.setter
     def status(self, value: int) -> None:
-        self._status = _checked_status(value)
+        ok = type(value) is int and 100 <= value <= 599
+        self._status = value if ok else _checked_status(value)
 
     def write(self, data: str | bytes) -> None:
         """Append to the response body."""
@@ -337,7 +351,11 @@ class StopResponse:
     @property
     def stopped(self) -> bool:
         """True once the plugin gave a response, so APISIX must answer with it."""
-        return self._status != 0 or self._written or bool(self.headers._touched)
+        return (
+            self._status != 0
+            or self._written
+            or (self._headers is not None and bool(self._headers._touched))
+        )
 
 
 class Response(_HeldByAPISIX):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .cache import ConfCache, Prepared
-from .http import HOP_BY_HOP, Entry, Request, Response, StopResponse
+from .http import HOP_BY_HOP, CallFields, Entry, Request, Response, StopResponse
 from .plugin import Registry
 from .protocol import messages as m
 from .protocol.frame import (
@@ -114,29 +114,35 @@ class Runner:
 
     def _lookup(self, token: int, call_id: int) -> Prepared:
         prepared = self.cache.get(token)
-        if prepared is None:
-            log.info("unknown conf token", extra={"token": token, "request_id": call_id})
-            raise _CallError(m.ERR_CONF_TOKEN_NOT_FOUND)
-        if prepared.error is not None:
-            log.debug(
-                "refused call on a failed configuration",
-                extra={"token": token, "request_id": call_id, "reason": prepared.error},
-            )
-            raise _CallError(m.ERR_SERVICE_UNAVAILABLE)
+        if prepared is None or prepared.error is not None:
+            raise self._refused(prepared, token, call_id)
         return prepared
 
+    @staticmethod
+    def _refused(prepared: Prepared | None, token: int, call_id: int) -> _CallError:
+        """CONF_TOKEN_NOT_FOUND for an unknown token, SERVICE_UNAVAILABLE for a failed conf."""
+        if prepared is None:
+            log.info("unknown conf token", extra={"token": token, "request_id": call_id})
+            return _CallError(m.ERR_CONF_TOKEN_NOT_FOUND)
+        log.debug(
+            "refused call on a failed configuration",
+            extra={"token": token, "request_id": call_id, "reason": prepared.error},
+        )
+        return _CallError(m.ERR_SERVICE_UNAVAILABLE)
+
     def _request_call(self, payload: bytes, ask: Ask) -> bytes:
-        req = m.decode_http_req_call_req(payload, lazy=True)  # headers/args on first use
-        call_id, token = req.id, req.conf_token
-        chain = self._lookup(token, call_id).chain
+        req = m.LazyHTTPReqCall(payload)  # address, path, args and headers on first use
+        prepared = self.cache.get(req.conf_token)
+        if prepared is None or prepared.error is not None:
+            raise self._refused(prepared, req.conf_token, req.id)
         started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
         try:
-            action = run_request_chain(chain, new_request(req, ask))
+            action = run_request_chain(prepared.chain, new_request(req, ask))
         except _PluginFailed as exc:
-            raise _plugin_failed(exc, token, call_id) from None
+            raise _plugin_failed(exc, req.conf_token, req.id) from None
         if started:
-            _log_call("request call", token, call_id, started, action)
-        return m.encode_http_req_call_resp(m.HTTPReqCallResp(call_id, action))
+            _log_call("request call", req.conf_token, req.id, started, action)
+        return m.encode_req_call_reply(req.id, action)
 
     def _response_call(self, payload: bytes, ask: Ask) -> bytes:
         req = m.decode_http_resp_call_req(payload)
@@ -189,24 +195,20 @@ def _log_call(what: str, token: int, call_id: int, started: float, result: Any) 
         )
 
 
-def _fetchers(
-    ask: Ask, body_type: int
-) -> tuple[Callable[[str], bytes | None], Callable[[], bytes | None]]:
-    return (lambda name: ask(m.INFO_VAR, name)), (lambda: ask(body_type, None))
-
-
-def new_request(req: m.HTTPReqCallReq, ask: Ask) -> Request:
+def new_request(req: CallFields, ask: Ask) -> Request:
     """The SDK view of an HTTPReqCall; variables and the body come through `ask`."""
-    fetch_var, fetch_body = _fetchers(ask, m.INFO_REQ_BODY)
-    return Request(
-        req.id, req.src_ip, req.method, req.path, req.args, req.headers, fetch_var, fetch_body
-    )
+    return Request(req, lambda name: ask(m.INFO_VAR, name), lambda: ask(m.INFO_REQ_BODY, None))
 
 
 def new_response(req: m.HTTPRespCallReq, ask: Ask) -> Response:
     """The SDK view of an HTTPRespCall; variables and the upstream body come through `ask`."""
-    fetch_var, fetch_body = _fetchers(ask, m.INFO_RESP_BODY)
-    return Response(req.id, req.status, req.headers, fetch_var, fetch_body)
+    return Response(
+        req.id,
+        req.status,
+        req.headers,
+        lambda name: ask(m.INFO_VAR, name),
+        lambda: ask(m.INFO_RESP_BODY, None),
+    )
 
 
 def run_request_chain(chain: list[tuple[Any, Any]], request: Request) -> m.Stop | m.Rewrite | None:

@@ -1,8 +1,8 @@
 """The runner's fast paths read and write exactly what the plain paths do.
 
-Lazy header/argument decoding (a `say` call never decodes them), table layouts kept per shape,
-and the one-recv-one-frame read each answer the same as the flatbuffers library, or as the
-general code path they shortcut.
+Lazy request decoding (a `say` call never decodes the path, address, headers or args), table
+layouts kept per shape, and the one-recv-one-frame read each answer the same as the flatbuffers
+library, or as the general code path they shortcut.
 """
 
 from __future__ import annotations
@@ -29,32 +29,59 @@ REPLY_SAMPLES = [(kind, msg) for _, kind, msg in SAMPLES if kind in (REQ_REPLY, 
 def test_lazy_decode_reads_what_flatbuffers_builder_writes(msg, reverse):
     buf = fb_build(REQ_CALL.table, REQ_CALL.to_wire(msg), reverse=reverse)
     lazy = m.decode_http_req_call_req(buf, lazy=True)
-    assert isinstance(lazy.headers, m.LazyEntries) and isinstance(lazy.args, m.LazyEntries)
+    assert isinstance(lazy, m.LazyHTTPReqCall)
+    assert (lazy.id, lazy.conf_token, lazy.method) == (msg.id, msg.conf_token, msg.method)
     assert lazy == msg == m.decode_http_req_call_req(buf)
-    assert list(lazy.headers) == msg.headers and len(lazy.args) == len(msg.args)
-    assert [lazy.args[i] for i in range(len(msg.args))] == msg.args
+    assert (lazy.src_ip, lazy.path, lazy.args, lazy.headers) == (
+        msg.src_ip, msg.path, msg.args, msg.headers)
 
 
-def _corrupt_headers(msg: m.HTTPReqCallReq) -> bytes:
-    """The request with its headers vector claiming far more entries than the payload holds."""
+def _corrupt(msg: m.HTTPReqCallReq, field: int) -> bytes:
+    """The request with one vector field claiming far more elements than the payload holds."""
     buf = bytearray(m.encode_http_req_call_req(msg))
     r = m._Reader(bytes(buf))
     f = r.root(len(m._FIELDS["A6.HTTPReqCall.Req"]))
-    at = r.target(f[m._HRQ_HEADERS])
+    at = r.target(f[field])
     struct.pack_into("<I", buf, at, 1 << 20)
     return bytes(buf)
 
 
-def test_a_malformed_header_vector_fails_when_it_is_first_read():
+def _corrupt_headers(msg: m.HTTPReqCallReq) -> bytes:
+    return _corrupt(msg, m._HRQ_HEADERS)
+
+
+@pytest.mark.parametrize(
+    ("field", "attr"),
+    [(m._HRQ_HEADERS, "headers"), (m._HRQ_ARGS, "args"), (m._HRQ_PATH, "path"),
+     (m._HRQ_SRC_IP, "src_ip")],
+)
+def test_a_malformed_vector_fails_when_it_is_first_read(field, attr):
     msg = m.HTTPReqCallReq(id=1, src_ip=b"\x7f\0\0\1", method="GET", path="/p",
                            args=[("a", "1")], headers=[("host", "h")], conf_token=9)
-    buf = _corrupt_headers(msg)
+    buf = _corrupt(msg, field)
     with pytest.raises(m.DecodeError):
         m.decode_http_req_call_req(buf)
     lazy = m.decode_http_req_call_req(buf, lazy=True)
-    assert lazy.args == [("a", "1")]
+    assert (lazy.id, lazy.conf_token, lazy.method) == (1, 9, "GET")
+    for other in {"headers", "args", "path", "src_ip"} - {attr}:
+        assert getattr(lazy, other) == getattr(msg, other)
     with pytest.raises(m.DecodeError):
-        list(lazy.headers)
+        getattr(lazy, attr)
+
+
+def test_lazy_decode_checks_the_scalars_at_once():
+    msg = m.HTTPReqCallReq(id=1, src_ip=b"", method="POST", path="/p", args=[], headers=[],
+                           conf_token=9)
+    buf = bytearray(m.encode_http_req_call_req(msg))
+    r = m._Reader(bytes(buf))
+    method_at = r.root(len(m._FIELDS["A6.HTTPReqCall.Req"]))[m._HRQ_METHOD]
+    assert method_at
+    buf[method_at] = len(m.METHODS)
+    with pytest.raises(m.DecodeError, match="method enum value"):
+        m.decode_http_req_call_req(bytes(buf), lazy=True)
+    for cut in (0, 4, 11):
+        with pytest.raises(m.DecodeError):
+            m.decode_http_req_call_req(bytes(buf[:cut]), lazy=True)
 
 
 @pytest.fixture

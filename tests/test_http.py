@@ -5,21 +5,21 @@ import ipaddress
 import pytest
 
 from sidecar import Args, Headers, Request, Response, StopResponse
+from sidecar.protocol.messages import HTTPReqCallReq
 
 
 def no_fetch(*_):
     raise AssertionError("nothing should be fetched")
 
 
-def make_request(**kw) -> Request:
+def make_request(fetch_var=no_fetch, fetch_body=no_fetch, **kw) -> Request:
     fields = dict(
         id=7, src_ip=bytes([10, 0, 0, 1]), method="POST", path="/a",
         args=[("x", "1"), ("x", "2"), ("flag", None)],
-        headers=[("host", "h"), ("x-same", "one"), ("x-same", "two")],
-        fetch_var=no_fetch, fetch_body=no_fetch,
+        headers=[("host", "h"), ("x-same", "one"), ("x-same", "two")], conf_token=1,
     )
     fields.update(kw)
-    return Request(**fields)
+    return Request(HTTPReqCallReq(**fields), fetch_var, fetch_body)
 
 
 def test_headers_are_case_insensitive_and_keep_every_value():

@@ -12,8 +12,9 @@ argument bytes that are not UTF-8 survive a decode/encode round trip unchanged.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 Entry = tuple[str, "str | None"]
 
@@ -419,43 +420,117 @@ def decode_prepare_conf_resp(buf: bytes) -> int:
     return r.u32(r.root(_W_PC_RESP)[_PCP_TOKEN])
 
 
-class LazyEntries:
-    """A [TextEntry] vector decoded on first use: a call whose plugins never look at the
-    headers or args (a `say`) does not pay for decoding them. A malformed vector raises
-    DecodeError then, from wherever it is first read."""
+class LazyHTTPReqCall:
+    """HTTPReqCall.Req as the runner reads it: id, token and method at once, the address, path,
+    args and headers on first use, so a call whose plugins never look at them (a `say`) does not
+    pay for them. A malformed field raises DecodeError from wherever it is first read.
 
-    __slots__ = ("_reader", "_at", "_items")
+    It reads as an HTTPReqCallReq does and compares equal to one with the same fields.
+    """
+
+    __slots__ = (
+        "id", "conf_token", "method", "_buf", "_at", "_r",
+        "_src_ip", "_path", "_args", "_headers",  # set on first use
+    )
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, reader: _Reader, at: int) -> None:
-        self._reader: _Reader | None = reader
-        self._at = at
-        self._items: list[Entry] | None = None
+    def __init__(self, buf: bytes) -> None:
+        if type(buf) is not bytes:
+            buf = bytes(buf)
+        end = len(buf)
+        if end < _MIN_TABLE:
+            raise DecodeError(f"payload of {end} bytes is too short for a FlatBuffers table")
+        pos = _U32(buf, 0)[0]
+        if pos + 4 > end:
+            raise DecodeError(f"table at {pos} lies outside the {end}-byte payload")
+        vt = pos - _I32(buf, pos)[0]
+        if 0 <= vt and vt + _HRQ_VT_SIZE <= end:
+            vtsize, _, id_at, ip_at, method_at, path_at, args_at, headers_at, token_at = _HRQ_VT(
+                buf, vt
+            )
+        else:
+            vtsize = 0
+        if vtsize == _HRQ_VT_SIZE:  # APISIX always sets the token, the last field: all 7 slots
+            id_at = pos + id_at if id_at else 0
+            method_at = pos + method_at if method_at else 0
+            token_at = pos + token_at if token_at else 0
+            self._at = (
+                pos + ip_at if ip_at else 0,
+                pos + path_at if path_at else 0,
+                pos + args_at if args_at else 0,
+                pos + headers_at if headers_at else 0,
+            )
+        else:
+            f = _Reader(buf).table(pos, _W_HRQ)
+            id_at, method_at, token_at = f[_HRQ_ID], f[_HRQ_METHOD], f[_HRQ_TOKEN]
+            self._at = (f[_HRQ_SRC_IP], f[_HRQ_PATH], f[_HRQ_ARGS], f[_HRQ_HEADERS])
+        # An absent field is at 0, which passes these checks (end >= _MIN_TABLE) and reads as 0.
+        if id_at + 4 > end or method_at + 1 > end or token_at + 4 > end:
+            raise DecodeError("a scalar field lies outside the payload")
+        method = buf[method_at] if method_at else 0
+        if method >= len(METHODS):
+            raise DecodeError(f"method enum value {method} is not in A6.Method")
+        self.method = METHODS[method]
+        self.id = _U32(buf, id_at)[0] if id_at else 0
+        self.conf_token = _U32(buf, token_at)[0] if token_at else 0
+        self._buf = buf
+        self._r: _Reader | None = None
 
-    def _load(self) -> list[Entry]:
-        items = self._items
-        if items is None:
-            assert self._reader is not None
-            items = self._items = self._reader.entries(self._at)
-            self._reader = None
-        return items
+    def _reader(self) -> _Reader:
+        """One reader for every lazy field: they share its budget, as a whole decode would."""
+        if self._r is None:
+            self._r = _Reader(self._buf)
+        return self._r
 
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self._load())
+    @property
+    def src_ip(self) -> bytes:
+        try:
+            return self._src_ip
+        except AttributeError:
+            r = self._reader()
+            ip = self._src_ip = _vector_bytes(r.buf, r.end, self._at[0])
+            r.charge(len(ip))
+            return ip
 
-    def __len__(self) -> int:
-        return len(self._load())
+    @property
+    def path(self) -> str:
+        try:
+            return self._path
+        except AttributeError:
+            r = self._reader()
+            raw = _vector_bytes(r.buf, r.end, self._at[1])
+            r.charge(len(raw))
+            path = self._path = raw.decode("utf-8", "surrogateescape")
+            return path
 
-    def __getitem__(self, index: int) -> Entry:
-        return self._load()[index]
+    @property
+    def args(self) -> list[Entry]:
+        try:
+            return self._args
+        except AttributeError:
+            args = self._args = self._reader().entries(self._at[2])
+            return args
+
+    @property
+    def headers(self) -> list[Entry]:
+        try:
+            return self._headers
+        except AttributeError:
+            headers = self._headers = self._reader().entries(self._at[3])
+            return headers
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, LazyEntries):
-            other = other._load()
-        return self._load() == other
+        if not isinstance(other, (HTTPReqCallReq, LazyHTTPReqCall)):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _FIELDS["A6.HTTPReqCall.Req"])
 
     def __repr__(self) -> str:
-        return repr(self._load())
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in _FIELDS["A6.HTTPReqCall.Req"])
+        return f"LazyHTTPReqCall({fields})"
+
+
+_HRQ_VT = struct.Struct(f"<HH{_W_HRQ}H").unpack_from
+_HRQ_VT_SIZE = 4 + 2 * _W_HRQ
 
 
 # decode_http_req_call_req unpacks the field positions in this order.
@@ -479,12 +554,25 @@ def _vector_bytes(data: bytes, end: int, p: int) -> bytes:
     return data[v + 4 : stop]
 
 
-def decode_http_req_call_req(buf: bytes, *, lazy: bool = False) -> HTTPReqCallReq:
+@overload
+def decode_http_req_call_req(buf: bytes) -> HTTPReqCallReq: ...
+@overload
+def decode_http_req_call_req(buf: bytes, *, lazy: Literal[True]) -> LazyHTTPReqCall: ...
+@overload
+def decode_http_req_call_req(
+    buf: bytes, *, lazy: bool
+) -> HTTPReqCallReq | LazyHTTPReqCall: ...
+
+
+def decode_http_req_call_req(
+    buf: bytes, *, lazy: bool = False
+) -> HTTPReqCallReq | LazyHTTPReqCall:
     """HTTPReqCall.Req; a method outside the Method enum is a DecodeError.
 
-    lazy=True (the runner) leaves `args` and `headers` as LazyEntries, decoded on first use.
-    Every call's hot path, so the other fields are read inline with _Reader's bounds checks.
+    lazy=True (the runner) gives a LazyHTTPReqCall: the vectors are decoded on first use.
     """
+    if lazy:
+        return LazyHTTPReqCall(buf)
     r = _Reader(buf)
     id_at, ip_at, method_at, path_at, args_at, headers_at, token_at = r.root(_W_HRQ)
     data, end = r.buf, r.end
@@ -497,18 +585,13 @@ def decode_http_req_call_req(buf: bytes, *, lazy: bool = False) -> HTTPReqCallRe
     src_ip = _vector_bytes(data, end, ip_at)
     path = _vector_bytes(data, end, path_at)
     r.charge(len(src_ip) + len(path))
-    if lazy:
-        args: list[Entry] = LazyEntries(r, args_at)  # type: ignore[assignment]
-        headers: list[Entry] = LazyEntries(r, headers_at)  # type: ignore[assignment]
-    else:
-        args, headers = r.entries(args_at), r.entries(headers_at)
     return HTTPReqCallReq(
         _U32(data, id_at)[0] if id_at else 0,
         src_ip,
         METHODS[method],
         path.decode("utf-8", "surrogateescape"),
-        args,
-        headers,
+        r.entries(args_at),
+        r.entries(headers_at),
         _U32(data, token_at)[0] if token_at else 0,
     )
 
@@ -774,26 +857,30 @@ _STOP_REPLY_BODY_MAX = 4096  # larger bodies are encoded each time rather than k
 
 
 def encode_http_req_call_resp(msg: HTTPReqCallResp) -> bytes:
-    """HTTPReqCall.Resp: no action (NONE), a Stop, or a Rewrite with only its non-empty fields.
+    """HTTPReqCall.Resp: no action (NONE), a Stop, or a Rewrite with only its non-empty fields."""
+    return encode_req_call_reply(msg.id, msg.action)
+
+
+def encode_req_call_reply(call_id: int, action: Stop | Rewrite | None) -> bytes:
+    """encode_http_req_call_resp without building the message first (the runner's every call).
 
     A plugin that stops usually answers the same each time: that reply is encoded once and only
     the call id is spliced in, which saves most of the encoding of a `say` call.
     """
-    stop = msg.action
-    if type(stop) is Stop and 0 < msg.id <= 0xFFFFFFFF:
+    if type(action) is Stop and 0 < call_id <= 0xFFFFFFFF:
         try:
-            if len(stop.body) > _STOP_REPLY_BODY_MAX:
-                return _encode_req_call_resp(msg)
-            key = (stop.status, tuple(stop.headers), stop.body)
+            if len(action.body) > _STOP_REPLY_BODY_MAX:
+                return _encode_req_call_resp(HTTPReqCallResp(call_id, action))
+            key = (action.status, tuple(action.headers), action.body)
             around = _STOP_REPLIES.get(key)
         except TypeError:  # None or an unhashable field: not kept, encoded the general way
-            return _encode_req_call_resp(msg)
+            return _encode_req_call_resp(HTTPReqCallResp(call_id, action))
         if around is None:
-            around = _stop_reply_around_id(stop)
+            around = _stop_reply_around_id(action)
             if len(_STOP_REPLIES) < _STOP_REPLIES_KEPT:
                 _STOP_REPLIES[key] = around
-        return b"".join((around[0], _P32(msg.id), around[1]))
-    return _encode_req_call_resp(msg)
+        return b"".join((around[0], _P32(call_id), around[1]))
+    return _encode_req_call_resp(HTTPReqCallResp(call_id, action))
 
 
 def _stop_reply_around_id(stop: Stop) -> tuple[bytes, bytes]:
