@@ -80,9 +80,11 @@ class _MultiDict:
         if type(value) is not str or type(name) is not str or not name:
             self._check(name, value)
         key = self._fold(name)
-        if key not in self._touched:
-            self._touch(key)
-        self._data[key] = (name, [value])
+        touched, data = self._touched, self._data
+        if key not in touched:  # _touch, inlined: set is on most calls' path
+            slot = data.get(key)
+            touched[key] = list(slot[1]) if slot else []
+        data[key] = (name, [value])
 
     def add(self, name: str, value: str) -> None:
         """Append one more value to `name`."""
@@ -144,10 +146,7 @@ class Headers(_MultiDict):
     """HTTP headers: case-insensitive names, several values per name."""
 
     __slots__ = ()
-
-    @staticmethod
-    def _fold(name: str) -> str:
-        return name.lower()
+    _fold = staticmethod(str.lower)  # a C function: no Python frame on every lookup
 
 
 class Args(_MultiDict):
@@ -170,13 +169,15 @@ class _HeldByAPISIX:
     """Variables and a body that APISIX holds: asked for on first use, kept for the call."""
 
     _what = "body"
+    # Class-level defaults, shadowed per instance on first use: one of these objects is made on
+    # every call, and most calls never touch most of them.
+    _vars: dict[str, str | None] | None = None
+    _body: bytes | None = None
+    _new_body: bytes | None = None
 
     def __init__(self, fetch_var: FetchVar, fetch_body: FetchBody) -> None:
         self._fetch_var = fetch_var
         self._fetch_body = fetch_body
-        self._vars: dict[str, str | None] | None = None
-        self._body: bytes | None = None
-        self._new_body: bytes | None = None
 
     def var(self, name: str) -> str | None:
         """An nginx or APISIX variable (`remote_addr`, `route_id`, ...), None when unset.
@@ -231,16 +232,25 @@ class Request(_HeldByAPISIX):
     """The client request as APISIX describes it in an HTTPReqCall (pre-req and post-req)."""
 
     _what = "request body"
+    _path: str | None = None
+    _args: Args | None = None
+    _headers: Headers | None = None
+    _resp_headers: Headers | None = None
 
     def __init__(self, call: CallFields, fetch_var: FetchVar, fetch_body: FetchBody) -> None:
-        super().__init__(fetch_var, fetch_body)
-        self.id = call.id
-        self.method = call.method
+        self._fetch_var = fetch_var
+        self._fetch_body = fetch_body
         self._call = call  # its path, address, args and headers are only read when asked for
-        self._path: str | None = None
-        self._args: Args | None = None
-        self._headers: Headers | None = None
-        self._resp_headers: Headers | None = None
+
+    @property
+    def id(self) -> int:
+        """The id APISIX gave this call."""
+        return self._call.id
+
+    @property
+    def method(self) -> str:
+        """The HTTP method (GET, POST, ...)."""
+        return self._call.method
 
     @property
     def src_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -315,11 +325,10 @@ class StopResponse:
     this response and ends the plugin chain. Status 0 becomes 200 in APISIX.
     """
 
-    def __init__(self) -> None:
-        self._status = 0
-        self._headers: Headers | None = None
-        self._body = bytearray()
-        self._written = False
+    _status = 0
+    _headers: Headers | None = None
+    _body: bytes | bytearray = b""
+    _written = False
 
     @property
     def headers(self) -> Headers:
@@ -340,13 +349,26 @@ class StopResponse:
 
     def write(self, data: str | bytes) -> None:
         """Append to the response body."""
-        self._body += _to_bytes(data)
-        self._written = True
+        chunk = data.encode() if type(data) is str else _to_bytes(data)
+        body = self._body
+        if not self._written:
+            self._body = chunk  # the usual single write: no buffer at all
+            self._written = True
+        elif type(body) is bytearray:
+            body += chunk
+        else:
+            self._body = bytearray(body) + chunk  # later writes append in place
 
     @property
     def body(self) -> bytes:
         """What was written so far."""
-        return bytes(self._body)
+        body = self._body
+        return bytes(body) if type(body) is bytearray else body
+
+    def parts(self) -> tuple[int, list[Entry], bytes]:
+        """(status, header entries, body): what APISIX is told to answer."""
+        headers = self._headers
+        return self._status, [] if headers is None else headers.items(), self.body
 
     @property
     def stopped(self) -> bool:

@@ -222,7 +222,7 @@ def run_request_chain(chain: list[tuple[Any, Any]], request: Request) -> m.Stop 
         except Exception as exc:
             raise _PluginFailed(plugin.name) from exc
         if stop.stopped:
-            return m.Stop(stop.status, stop.headers.items(), stop.body)
+            return m.Stop(*stop.parts())
     return rewrite_of(request)
 
 

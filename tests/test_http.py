@@ -143,3 +143,29 @@ def test_response_status_body_and_vars():
     assert fetched == ["body", "route_id"]
     with pytest.raises(ValueError):
         resp.set_body("")
+
+
+def test_stop_response_body_gathers_every_write_and_empty_writes_stop_too():
+    s = StopResponse()
+    s.write(b"")
+    assert s.stopped and s.body == b""
+    for chunk in ("x", b"y", bytearray(b"z"), "é"):
+        s.write(chunk)
+    assert s.body == "xyzé".encode() and type(s.body) is bytes
+    assert s.parts() == (0, [], "xyzé".encode())
+    s.headers.add("X-A", "1")
+    assert s.parts() == (0, [("X-A", "1")], "xyzé".encode())
+    with pytest.raises(TypeError):
+        s.headers.set("X-B", 2)
+
+
+def test_sdk_objects_are_fresh_per_call_and_keep_plugin_attributes():
+    a, b = make_request(), make_request()
+    a.path = "/changed"
+    a.headers.set("x-new", "1")
+    a.seen_by = "plugin-a"  # plugins may pass data along the chain on the request
+    assert b.path == "/a" and not b.path_changed and "x-new" not in b.headers
+    assert not hasattr(b, "seen_by") and a.seen_by == "plugin-a"
+    s1, s2 = StopResponse(), StopResponse()
+    s1.write("one")
+    assert s2.body == b"" and not s2.stopped

@@ -335,23 +335,27 @@ class _Reader:
         out = []
         append = out.append
         q = start
+        last_vt = -1  # builders share one vtable between same-shaped entries: read it once
+        name_at = value_at = 0
         for rel in struct.unpack_from(f"<{n}I", buf, start):
             t = q + rel
             q += 4
             if t + 4 > end:
                 raise DecodeError(f"table at {t} lies outside the {end}-byte payload")
             vt = t - _I32(buf, t)[0]
-            if vt < 0 or vt + 4 > end:
-                raise DecodeError(f"vtable at {vt} lies outside the {end}-byte payload")
-            if vt + 8 <= end:  # vtable size, table size and both slots in one read
-                vtsize, _, name_at, value_at = _VT_TWO_SLOTS(buf, vt)
-            else:
-                vtsize, name_at, value_at = _U16(buf, vt)[0], 0, 0
-            if vtsize < 8 or vtsize & 1 or vt + vtsize > end:
-                if vtsize < 4 or vtsize & 1 or vt + vtsize > end:
-                    raise DecodeError(f"malformed vtable at {vt} (size {vtsize})")
-                name_at = _U16(buf, vt + 4)[0] if vtsize == 6 else 0  # the name's slot only
-                value_at = 0
+            if vt != last_vt:
+                if vt < 0 or vt + 4 > end:
+                    raise DecodeError(f"vtable at {vt} lies outside the {end}-byte payload")
+                if vt + 8 <= end:  # vtable size, table size and both slots in one read
+                    vtsize, _, name_at, value_at = _VT_TWO_SLOTS(buf, vt)
+                else:
+                    vtsize, name_at, value_at = _U16(buf, vt)[0], 0, 0
+                if vtsize < 8 or vtsize & 1 or vt + vtsize > end:
+                    if vtsize < 4 or vtsize & 1 or vt + vtsize > end:
+                        raise DecodeError(f"malformed vtable at {vt} (size {vtsize})")
+                    name_at = _U16(buf, vt + 4)[0] if vtsize == 6 else 0  # the name's slot only
+                    value_at = 0
+                last_vt = vt
             # The two strings, read as _Reader.string does (inlined: every call's hot path).
             if name_at:
                 p = t + name_at
@@ -454,16 +458,12 @@ class LazyHTTPReqCall:
             id_at = pos + id_at if id_at else 0
             method_at = pos + method_at if method_at else 0
             token_at = pos + token_at if token_at else 0
-            self._at = (
-                pos + ip_at if ip_at else 0,
-                pos + path_at if path_at else 0,
-                pos + args_at if args_at else 0,
-                pos + headers_at if headers_at else 0,
-            )
+            # The lazy fields as (base, offset...): absolute position base + offset, 0 = absent.
+            self._at = (pos, ip_at, path_at, args_at, headers_at)
         else:
             f = _Reader(buf).table(pos, _W_HRQ)
             id_at, method_at, token_at = f[_HRQ_ID], f[_HRQ_METHOD], f[_HRQ_TOKEN]
-            self._at = (f[_HRQ_SRC_IP], f[_HRQ_PATH], f[_HRQ_ARGS], f[_HRQ_HEADERS])
+            self._at = (0, f[_HRQ_SRC_IP], f[_HRQ_PATH], f[_HRQ_ARGS], f[_HRQ_HEADERS])
         # An absent field is at 0, which passes these checks (end >= _MIN_TABLE) and reads as 0.
         if id_at + 4 > end or method_at + 1 > end or token_at + 4 > end:
             raise DecodeError("a scalar field lies outside the payload")
@@ -482,13 +482,19 @@ class LazyHTTPReqCall:
             self._r = _Reader(self._buf)
         return self._r
 
+    def _pos(self, slot: int) -> int:
+        """Absolute position of lazy field `slot` (1 address, 2 path, 3 args, 4 headers)."""
+        at = self._at
+        off = at[slot]
+        return at[0] + off if off else 0
+
     @property
     def src_ip(self) -> bytes:
         try:
             return self._src_ip
         except AttributeError:
             r = self._reader()
-            ip = self._src_ip = _vector_bytes(r.buf, r.end, self._at[0])
+            ip = self._src_ip = _vector_bytes(r.buf, r.end, self._pos(1))
             r.charge(len(ip))
             return ip
 
@@ -498,7 +504,7 @@ class LazyHTTPReqCall:
             return self._path
         except AttributeError:
             r = self._reader()
-            raw = _vector_bytes(r.buf, r.end, self._at[1])
+            raw = _vector_bytes(r.buf, r.end, self._pos(2))
             r.charge(len(raw))
             path = self._path = raw.decode("utf-8", "surrogateescape")
             return path
@@ -508,7 +514,7 @@ class LazyHTTPReqCall:
         try:
             return self._args
         except AttributeError:
-            args = self._args = self._reader().entries(self._at[2])
+            args = self._args = self._reader().entries(self._pos(3))
             return args
 
     @property
@@ -516,7 +522,7 @@ class LazyHTTPReqCall:
         try:
             return self._headers
         except AttributeError:
-            headers = self._headers = self._reader().entries(self._at[3])
+            headers = self._headers = self._reader().entries(self._pos(4))
             return headers
 
     def __eq__(self, other: object) -> bool:
