@@ -24,6 +24,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from .protocol import messages as m
 from .protocol.frame import (
     HEADER_SIZE,
+    PACK_HEADER_WORD,
     RPC_EXTRA_INFO,
     RPC_NAMES,
     FrameError,
@@ -271,15 +272,27 @@ class Server:
         conn = _Connection(sock)
         connections = self._connections
         connections[conn] = None
-        read, call, send = conn.read_frame, self._call, conn.send_all
+        read, send, ask, handle = conn.read_frame, conn.send_all, conn.ask, self.runner.handle
+        monotonic, timeout = time.monotonic, self.call_timeout
         try:
             while not self._stopping:
                 frame = read()
                 if frame is None:
                     break
                 conn.busy = True
-                reply_type, reply = call(conn, frame[0], frame[1])
-                send(pack_frame(reply_type, reply))
+                # The call deadline: _expire_calls throws CallDeadline into the call once `due`
+                # has passed; it can only land while the call waits, inside handle.
+                conn.due = monotonic() + timeout
+                try:
+                    reply_type, reply = handle(frame[0], frame[1], ask)
+                    conn.due = 0.0
+                except BaseException as exc:
+                    conn.due = 0.0
+                    reply_type, reply = self._call_failed(conn, frame[0], exc)
+                if conn.expired or conn.waiting:
+                    reply_type, reply = self._past_deadline(conn)
+                # handle keeps payloads within the 24-bit length and types within a byte
+                send(PACK_HEADER_WORD(reply_type << 24 | len(reply)) + reply)
                 conn.busy = False
         except (FrameError, ExtraInfoFailed) as exc:
             log.info("closing connection", extra={"reason": str(exc)})
@@ -292,31 +305,30 @@ class Server:
             if self._stopping and not connections:
                 self._drained.set()
 
-    def _call(self, conn: _Connection, rpc_type: int, payload: bytes) -> tuple[int, bytes]:
-        """Run one call under the deadline; a plugin that swallows the deadline still fails it,
-        and one that raises SystemExit or KeyboardInterrupt fails its call, not the runner."""
-        conn.due = time.monotonic() + self.call_timeout
-        try:
-            try:
-                reply: tuple[int, bytes] | None = self.runner.handle(rpc_type, payload, conn.ask)
-            finally:
-                conn.due = 0.0
-        except CallDeadline:
-            reply = None
-        except (ExtraInfoFailed, GreenletExit):
-            raise
-        except BaseException:
-            log.exception("call failed", extra={"rpc": RPC_NAMES.get(rpc_type, rpc_type)})
-            reply = error_frame(m.ERR_SERVICE_UNAVAILABLE)
-        if conn.waiting:
+    @staticmethod
+    def _call_failed(conn: _Connection, rpc_type: int, exc: BaseException) -> tuple[int, bytes]:
+        """A call that raised past the runner: the deadline, or a plugin's SystemExit or
+        KeyboardInterrupt, fails only its call; a broken ExtraInfo exchange closes the
+        connection."""
+        if isinstance(exc, (ExtraInfoFailed, GreenletExit)):
+            raise exc
+        if isinstance(exc, CallDeadline):
+            conn.expired = True
+        else:
+            log.error(
+                "call failed", exc_info=exc, extra={"rpc": RPC_NAMES.get(rpc_type, rpc_type)}
+            )
+        return error_frame(m.ERR_SERVICE_UNAVAILABLE)
+
+    def _past_deadline(self, conn: _Connection) -> tuple[int, bytes]:
+        """The answer to a call the deadline fired in, even one whose plugin swallowed it."""
+        if conn.waiting:  # the stream is out of step: the connection must go
             raise ExtraInfoFailed(
                 f"no ExtraInfo answer within the {self.call_timeout}s call deadline"
             )
-        if reply is None or conn.expired:
-            conn.expired = False
-            log.error("call deadline exceeded", extra={"timeout_s": self.call_timeout})
-            return error_frame(m.ERR_SERVICE_UNAVAILABLE)
-        return reply
+        conn.expired = False
+        log.error("call deadline exceeded", extra={"timeout_s": self.call_timeout})
+        return error_frame(m.ERR_SERVICE_UNAVAILABLE)
 
 
 _QUESTIONS: dict[tuple[int, str | None], bytes] = {}  # encoded ExtraInfo frames, by question
@@ -362,7 +374,14 @@ class _Connection:
         buf = self._buf
         if not buf:
             # The usual case: one recv brings exactly one whole frame; no buffer work then.
-            chunk = self._receive(_RECV_CHUNK)
+            wait, readable, recv = self._hub.wait, self._readable, self._recv
+            while True:
+                wait(readable)
+                try:
+                    chunk = recv(_RECV_CHUNK)
+                    break
+                except BlockingIOError:  # readiness can be spurious
+                    continue
             if not chunk:
                 return None
             size = len(chunk)

@@ -20,7 +20,7 @@ RPC_NAMES = {
 }
 
 HEADER_SIZE = 4
-_HEADER = struct.Struct(">I").pack  # type byte and 24-bit length as one big-endian word
+PACK_HEADER_WORD = struct.Struct(">I").pack  # (type << 24 | length): the header, unchecked
 MAX_PAYLOAD = (1 << 24) - 1
 _RECV_CHUNK = 65536
 
@@ -43,7 +43,7 @@ def pack_header(rpc_type: int, length: int) -> bytes:
         raise FrameTooLarge(f"payload of {length} bytes exceeds the {MAX_PAYLOAD}-byte frame limit")
     if not 0 <= rpc_type <= 255:
         raise FrameError(f"RPC type {rpc_type} does not fit one byte")
-    return _HEADER(rpc_type << 24 | length)
+    return PACK_HEADER_WORD(rpc_type << 24 | length)
 
 
 def pack_frame(rpc_type: int, payload: bytes) -> bytes:
