@@ -1,13 +1,16 @@
 """`make bench`: the floor and every scenario at every concurrency, a table and a JSON file.
 
-    python -m bench [--calls N] [--conns 1,16,256] [--scenarios say,rewrite,...] [--json PATH]
+    python -m bench [--calls N] [--conns 1,16,256] [--scenarios say,rewrite,...] [--rounds 3]
+                    [--json PATH]
     python -m bench --memory [--memory-calls 1000000]     # RSS after 1e6 calls vs after 1e4
 
 Each case starts a fresh target process (the runner, or bench/floor.py), starts the generator
 processes, lets every connection make a few warm-up calls, then measures a fixed number of calls:
 calls/s and latency percentiles from the generator, CPU time (user + system) and peak RSS
 (VmHWM) of the target from /proc. The floor runs at each concurrency in the same run, and each
-scenario's CPU per call is printed as a ratio to the floor's at the same concurrency.
+scenario's CPU per call is a ratio to the floor's at the same concurrency. Every case runs in
+several rounds that alternate with the floor; the table shows medians over the rounds, the JSON
+file has every round too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_CALLS = 20000
 DEFAULT_CONNS = (1, 16, 256)
+DEFAULT_ROUNDS = 3
 WARMUP_PER_CONN = 3
 _TICK = os.sysconf("SC_CLK_TCK")
 _CTX = multiprocessing.get_context("fork")
@@ -293,6 +298,7 @@ def _meta(args: argparse.Namespace) -> dict:
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
         "calls": args.calls,
+        "rounds": args.rounds,
         "baselines": [str(b) for b in args.baseline],
         "workers": args.workers,
         "spin": args.spin,
@@ -301,33 +307,68 @@ def _meta(args: argparse.Namespace) -> dict:
     }
 
 
+_SUMMED = ("calls", "ok", "bad", "errors", "lost", "extra_info", "cpu_s", "cpu_s_stat")
+_PEAKS = ("peak_rss_kib", "rss_kib", "max_ms")
+_MEDIANS = ("wall_s", "calls_per_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
+            "cpu_us_per_call", "gen_cpu_us_per_call", "gen_busy", "cpu_x_floor")
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One row for a case run in several rounds: counts summed, peaks the highest, and every
+    rate, latency and ratio the median over the rounds (each ratio is taken within its round)."""
+    row = dict(runs[0])
+    for key in _SUMMED:
+        row[key] = round(sum(r[key] for r in runs), 6)
+    for key in _PEAKS:
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = max(values) if values else None
+    for key in _MEDIANS:
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = round(statistics.median(values), 4) if values else None
+    row["first_error"] = next((r["first_error"] for r in runs if r["first_error"]), None)
+    row["rounds"] = len(runs)
+    return row
+
+
 def run_all(args: argparse.Namespace) -> dict:
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     conns_list = [int(c) for c in args.conns.split(",") if c.strip()]
-    results = []
+    roots = [(f"runner@{b.resolve().name}", b.resolve()) for b in args.baseline]
+    roots.append(("runner", args.runner_root.resolve()))
+    results, raw = [], []
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as workdir:
         for conns in conns_list:
-            floor = run_case("floor", FLOOR, conns, args.calls, args.workers, workdir,
-                             spin=args.spin)
-            floor["cpu_x_floor"] = 1.0
-            results.append(floor)
-            _progress(floor)
-            for name in names:
-                sc = SCENARIOS[name]
-                calls = max(conns * 2, int(args.calls * sc.calls_scale))
-                roots = [(f"runner@{b.resolve().name}", b.resolve()) for b in args.baseline]
-                roots.append(("runner", args.runner_root.resolve()))
-                for label, root in roots:
-                    r = run_case("runner", sc, conns, calls, args.workers, workdir, root,
-                                 args.spin)
-                    r["target"] = label
-                    r["cpu_x_floor"] = round(r["cpu_us_per_call"] / floor["cpu_us_per_call"], 3)
-                    results.append(r)
-                    _progress(r)
-    return {"meta": _meta(args), "results": results}
+            # Rounds alternate the floor and every case, so that a noisy spell of the machine
+            # lands on both sides of a ratio; each ratio is taken within its own round.
+            cases: dict[tuple[str, str], list[dict]] = {}
+            for number in range(args.rounds):
+                floor = run_case("floor", FLOOR, conns, args.calls, args.workers, workdir,
+                                 spin=args.spin)
+                floor["cpu_x_floor"] = 1.0
+                floor["round"] = number
+                cases.setdefault(("floor", FLOOR.name), []).append(floor)
+                _progress(floor)
+                for name in names:
+                    sc = SCENARIOS[name]
+                    calls = max(conns * 2, int(args.calls * sc.calls_scale))
+                    for label, root in roots:
+                        r = run_case("runner", sc, conns, calls, args.workers, workdir, root,
+                                     args.spin)
+                        r["target"] = label
+                        r["cpu_x_floor"] = round(
+                            r["cpu_us_per_call"] / floor["cpu_us_per_call"], 3)
+                        r["round"] = number
+                        cases.setdefault((label, name), []).append(r)
+                        _progress(r)
+            for runs in cases.values():
+                results.append(merge_rounds(runs))
+                raw.extend(runs)
+    return {"meta": _meta(args), "results": results, "rounds": raw}
 
 
 def _progress(r: dict) -> None:
@@ -384,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conns", default=os.environ.get(
         "BENCH_CONNS", ",".join(map(str, DEFAULT_CONNS))), help="concurrent connections")
     p.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)))
+    p.add_argument("--rounds", type=int,
+                   default=int(os.environ.get("BENCH_ROUNDS", DEFAULT_ROUNDS)),
+                   help="run every case this many times, alternating with the floor, and report "
+                        "medians (the machine is noisy); env BENCH_ROUNDS")
     p.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "1")),
                    help="generator processes (default 1: this is a 2-core machine)")
     p.add_argument("--json", type=Path, default=None,

@@ -12,14 +12,15 @@ FIELDS = {
     "scenario", "target", "conns", "calls", "ok", "bad", "errors", "lost", "first_error",
     "extra_info", "wall_s", "calls_per_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
     "cpu_s", "cpu_s_stat", "cpu_source", "cpu_us_per_call", "gen_cpu_us_per_call", "gen_busy",
-    "peak_rss_kib", "rss_kib", "cpu_x_floor",
+    "peak_rss_kib", "rss_kib", "cpu_x_floor", "round",
 }
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "latest.json"
-    code = main(["--calls", "300", "--conns", "1,4", "--scenarios", "say,vars", "--json", str(out)])
+    code = main(["--calls", "300", "--conns", "1,4", "--scenarios", "say,vars", "--rounds", "2",
+                 "--json", str(out)])
     return code, json.loads(out.read_text())
 
 
@@ -32,14 +33,37 @@ def test_every_case_ran_and_every_call_was_answered_correctly(report):
         ("floor", "floor", 4), ("runner", "say", 4), ("runner", "vars", 4),
     ]
     for r in data["results"]:
-        assert r["calls"] == 300 and r["ok"] == 300, r
+        assert r["calls"] == 600 and r["ok"] == 600 and r["rounds"] == 2, r
         assert r["bad"] == r["errors"] == r["lost"] == 0 and r["first_error"] is None
+    rounds = [(r["target"], r["scenario"], r["conns"], r["round"]) for r in data["rounds"]]
+    assert rounds == [
+        ("floor", "floor", 1, 0), ("floor", "floor", 1, 1),
+        ("runner", "say", 1, 0), ("runner", "say", 1, 1),
+        ("runner", "vars", 1, 0), ("runner", "vars", 1, 1),
+        ("floor", "floor", 4, 0), ("floor", "floor", 4, 1),
+        ("runner", "say", 4, 0), ("runner", "say", 4, 1),
+        ("runner", "vars", 4, 0), ("runner", "vars", 4, 1),
+    ]
+
+
+def test_a_case_row_holds_the_medians_of_its_rounds(report):
+    _, data = report
+    for row in data["results"]:
+        runs = [r for r in data["rounds"]
+                if (r["target"], r["scenario"], r["conns"]) == (row["target"], row["scenario"],
+                                                                row["conns"])]
+        ratios = sorted(r["cpu_x_floor"] for r in runs)
+        assert row["cpu_x_floor"] == round(sum(ratios) / 2, 4)  # the median of two
+        assert row["peak_rss_kib"] == max(r["peak_rss_kib"] for r in runs)
+        assert row["calls"] == sum(r["calls"] for r in runs)
 
 
 def test_the_figures_are_all_there_and_sane(report):
     _, data = report
-    for r in data["results"]:
+    for r in data["rounds"]:
         assert set(r) == FIELDS
+    for r in data["results"]:
+        assert set(r) == FIELDS | {"rounds"}
         assert r["calls_per_s"] > 0 and r["cpu_us_per_call"] > 0 and r["cpu_x_floor"] > 0
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
         assert r["peak_rss_kib"] >= r["rss_kib"] > 1000
@@ -47,7 +71,7 @@ def test_the_figures_are_all_there_and_sane(report):
     assert all(r["cpu_x_floor"] == 1.0 for r in floors)
     vars_cases = [r for r in data["results"] if r["scenario"] == "vars"]
     assert all(r["extra_info"] == 3 * r["calls"] for r in vars_cases)
-    assert data["meta"]["calls"] == 300
+    assert data["meta"]["calls"] == 300 and data["meta"]["rounds"] == 2
 
 
 def test_the_memory_mode_reports_growth(tmp_path):
