@@ -433,8 +433,8 @@ class LazyHTTPReqCall:
     """
 
     __slots__ = (
-        "id", "conf_token", "method", "_buf", "_at", "_r",
-        "_src_ip", "_path", "_args", "_headers",  # set on first use
+        "id", "conf_token", "method", "_buf", "_at",
+        "_r", "_src_ip", "_path", "_args", "_headers",  # set on first use
     )
     __hash__ = None  # type: ignore[assignment]
 
@@ -474,13 +474,14 @@ class LazyHTTPReqCall:
         self.id = _U32(buf, id_at)[0] if id_at else 0
         self.conf_token = _U32(buf, token_at)[0] if token_at else 0
         self._buf = buf
-        self._r: _Reader | None = None
 
     def _reader(self) -> _Reader:
         """One reader for every lazy field: they share its budget, as a whole decode would."""
-        if self._r is None:
-            self._r = _Reader(self._buf)
-        return self._r
+        try:
+            return self._r
+        except AttributeError:
+            r = self._r = _Reader(self._buf)
+            return r
 
     def _pos(self, slot: int) -> int:
         """Absolute position of lazy field `slot` (1 address, 2 path, 3 args, 4 headers)."""
