@@ -50,6 +50,8 @@ class _MultiDict:
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
         self._data: dict[str, tuple[str, list[str | None]]] = {}
         self._touched: dict[str, list[str | None]] = {}
+        if not entries:  # a stop response's headers start empty on every call
+            return
         data = self._data
         fold = self._fold
         for name, value in entries:
@@ -371,8 +373,12 @@ class StopResponse:
 
     def parts(self) -> tuple[int, list[Entry], bytes]:
         """(status, header entries, body): what APISIX is told to answer."""
-        headers = self._headers
-        return self._status, [] if headers is None else headers.items(), self.body
+        headers, body = self._headers, self._body
+        return (
+            self._status,
+            [] if headers is None else headers.items(),
+            bytes(body) if type(body) is bytearray else body,
+        )
 
     @property
     def stopped(self) -> bool:
