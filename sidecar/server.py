@@ -1,8 +1,11 @@
 """The gevent server on the unix socket: connections, ExtraInfo round trips, signals, the file.
 
-Each connection is a greenlet over a plain non-blocking socket that reads only once the event loop
-reports it readable. That spares the failed recv a gevent socket makes before it waits, and it keeps
-connections fair: one whose next request is already there still waits its turn in the loop.
+One worker greenlet serves every connection. The event loop queues each connection that becomes
+readable, and the worker serves the queue in turn, one read per connection, so connections take
+turns and a busy loop round costs one greenlet switch however many calls it holds. A call runs
+in the worker itself. When a call has to wait (an ExtraInfo round trip, a plugin's own I/O, a
+slow reader of the reply), the worker hands the queue over to a spare greenlet just before it
+blocks (gevent's `switch_out` hook), finishes that call, and parks as the next spare.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import signal
 import socket
 import stat
 import time
+from collections import deque
+from collections.abc import Callable
 
 import gevent
 from gevent import monkey
 from gevent.event import Event
-from greenlet import GreenletExit, getcurrent, greenlet
+from greenlet import GreenletExit, greenlet
 
 from .protocol import messages as m
 from .protocol.frame import (
@@ -41,6 +46,7 @@ DEFAULT_CALL_TIMEOUT = 55.0
 DEFAULT_GRACE = 0.8
 _UNIX_PATH_MAX = 107
 _RECV_CHUNK = 65536
+_SPARES_KEPT = 64  # parked workers kept for calls that wait; beyond that they end
 # The stdlib class even when gevent has patched the module: the server waits on the loop itself.
 _StdSocket = monkey.get_original("socket", "socket")
 
@@ -135,6 +141,11 @@ class Server:
         self._stopping = False
         self._connections: dict[_Connection, None] = {}
         self._drained = Event()
+        self._ready: deque[_Connection] = deque()  # readable connections, in turn
+        self._worker: _Worker | None = None  # the one serving the queue
+        self._worker_idle = False  # it waits for the queue to fill
+        self._wake_pending = False
+        self._spares: list[_Worker] = []  # workers parked after finishing a call that waited
 
     def bind(self) -> None:
         """Create the socket file and listen (raises AddressError)."""
@@ -155,6 +166,7 @@ class Server:
         deadlines = gevent.get_hub().loop.timer(tick, tick)
         deadlines.start(self._expire_calls)
         self._acceptor = gevent.spawn(self._accept)
+        self._hand_over()
         log.info(
             "listening",
             extra={
@@ -256,7 +268,9 @@ class Server:
                         break
                     sock = _StdSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
                     sock.setblocking(False)
-                    gevent.spawn(self._serve, sock)
+                    conn = _Connection(sock)
+                    self._connections[conn] = None
+                    conn.watch(self._queue)
         finally:
             readable.close()
 
@@ -268,23 +282,74 @@ class Server:
             conn.expired = True
             conn.greenlet.throw(CallDeadline)
 
-    def _serve(self, sock: socket.socket) -> None:
-        conn = _Connection(sock)
-        connections = self._connections
-        connections[conn] = None
-        read, send, ask, handle = conn.read_frame, conn.send_all, conn.ask, self.runner.handle
-        monotonic, timeout = time.monotonic, self.call_timeout
+    def _queue(self, conn: _Connection) -> None:
+        """Loop callback: `conn` is readable; the worker is woken once all of this round's
+        callbacks have queued their connections."""
+        if not conn.queued:
+            conn.queued = True
+            self._ready.append(conn)
+            if self._worker_idle and not self._wake_pending:
+                self._wake_pending = True
+                gevent.get_hub().loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        worker = self._worker
+        if self._worker_idle and worker is not None:
+            self._worker_idle = False
+            worker.switch()
+
+    def _hand_over(self) -> None:
+        """Make a spare (or a new) worker the one serving the queue, from the next turn."""
+        worker = self._spares.pop() if self._spares else _Worker(self)
+        self._worker = worker
+        self._worker_idle = False
+        gevent.get_hub().loop.run_callback(worker.switch)
+
+    def _detach(self, worker: _Worker, conn: _Connection) -> None:
+        """Called as `worker` is about to wait inside a call on `conn` (gevent's switch_out):
+        the call keeps the worker, another one serves the queue meanwhile."""
+        conn.unwatch()  # its bytes (and its hang-up) belong to that call now
+        conn.detached = True
+        self._hand_over()
+
+    def _work(self, worker: _Worker) -> None:
+        """A worker's life: serve while it is the serving one, otherwise park as a spare."""
+        hub = gevent.get_hub()
+        ready, serve = self._ready, self._serve_ready
+        while True:
+            while self._worker is worker:
+                if not ready:
+                    self._worker_idle = True
+                    hub.switch()  # until _wake (or _hand_over) switches back
+                    continue
+                conn = ready.popleft()
+                conn.queued = False
+                if conn.closed or conn.detached:
+                    continue
+                try:
+                    serve(conn, worker)
+                except BaseException:  # this worker serves every connection: it must go on
+                    log.exception("serving a connection failed; closing it")
+                    self._close(conn)
+            if len(self._spares) >= _SPARES_KEPT:
+                return
+            self._spares.append(worker)
+            hub.switch()  # until _hand_over resumes it
+
+    def _serve_ready(self, conn: _Connection, worker: _Worker) -> None:
+        """Read what a ready connection sent and answer every whole frame in it."""
         try:
-            while not self._stopping:
-                frame = read()
-                if frame is None:
-                    break
+            frame = conn.read_ready()
+            while frame is not None and not self._stopping:
                 conn.busy = True
+                worker.call = conn
+                conn.greenlet = worker
                 # The call deadline: _expire_calls throws CallDeadline into the call once `due`
                 # has passed; it can only land while the call waits, inside handle.
-                conn.due = monotonic() + timeout
+                conn.due = time.monotonic() + self.call_timeout
                 try:
-                    reply_type, reply = handle(frame[0], frame[1], ask)
+                    reply_type, reply = self.runner.handle(frame[0], frame[1], conn.ask)
                     conn.due = 0.0
                 except BaseException as exc:
                     conn.due = 0.0
@@ -292,18 +357,30 @@ class Server:
                 if conn.expired or conn.waiting:
                     reply_type, reply = self._past_deadline(conn)
                 # handle keeps payloads within the 24-bit length and types within a byte
-                send(PACK_HEADER_WORD(reply_type << 24 | len(reply)) + reply)
+                conn.send_all(PACK_HEADER_WORD(reply_type << 24 | len(reply)) + reply)
+                worker.call = conn.greenlet = None
                 conn.busy = False
+                frame = conn.next_buffered()
         except (FrameError, ExtraInfoFailed) as exc:
             log.info("closing connection", extra={"reason": str(exc)})
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
                 log.warning("connection error", extra={"reason": str(exc)})
+        else:
+            if not (conn.eof or self._stopping):
+                if conn.detached:  # its call waited; the queue takes the connection back
+                    conn.detached = False
+                    conn.watch(self._queue)
+                return
         finally:
-            connections.pop(conn, None)
-            conn.close()
-            if self._stopping and not connections:
-                self._drained.set()
+            worker.call = None
+        self._close(conn)
+
+    def _close(self, conn: _Connection) -> None:
+        self._connections.pop(conn, None)
+        conn.close()
+        if self._stopping and not self._connections:
+            self._drained.set()
 
     @staticmethod
     def _call_failed(conn: _Connection, rpc_type: int, exc: BaseException) -> tuple[int, bytes]:
@@ -331,6 +408,24 @@ class Server:
         return error_frame(m.ERR_SERVICE_UNAVAILABLE)
 
 
+class _Worker(greenlet):
+    """A greenlet that serves the server's epoll set; gevent calls switch_out just before it
+    waits, which is when a call in progress takes it over (Server._detach)."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(parent=gevent.get_hub())
+        self.server = server
+        self.call: _Connection | None = None  # the connection whose call it is running
+
+    def run(self) -> None:  # type: ignore[override]
+        self.server._work(self)
+
+    def switch_out(self) -> None:
+        conn = self.call
+        if conn is not None and not conn.detached and self.server._worker is self:
+            self.server._detach(self, conn)
+
+
 _QUESTIONS: dict[tuple[int, str | None], bytes] = {}  # encoded ExtraInfo frames, by question
 _QUESTIONS_KEPT = 1024  # plugins ask for a few fixed names; a bound in case one does not
 
@@ -338,24 +433,31 @@ _QUESTIONS_KEPT = 1024  # plugins ask for a few fixed names; a bound in case one
 class _Connection:
     """One APISIX connection: whole frames in, whole frames out, ExtraInfo asked mid-call.
 
-    Every read first waits for the loop to report the socket readable (see the module doc).
+    Between calls the loop queues it when readable and the serving worker reads what is there
+    (read_ready); inside a call, reads wait for the socket first (read_frame), which hands the
+    worker to that call (see the module doc).
     """
 
     __slots__ = (
-        "sock", "greenlet", "busy", "due", "expired", "waiting",
-        "_buf", "_hub", "_readable", "_writable", "_recv", "_send",
+        "sock", "closed", "greenlet", "busy", "due", "expired", "waiting", "detached", "eof",
+        "queued", "_buf", "_hub", "_readable", "_watched", "_writable", "_recv", "_send",
     )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.greenlet = getcurrent()
+        self.closed = False
+        self.greenlet: greenlet | None = None  # the worker running its call
+        self.queued = False  # in the server's queue of readable connections
+        self.detached = False  # its call waits in a worker of its own, out of the epoll set
+        self.eof = False  # the peer closed between frames
         self.busy = False  # in a call or sending its reply: drained, not cut, on stop
         self.due = 0.0  # monotonic deadline of the running call, 0 between calls
         self.expired = False  # the deadline fired during the running call
         self.waiting = False  # an ExtraInfo question is unanswered
         self._buf = bytearray()
         self._hub = gevent.get_hub()
-        self._readable = self._hub.loop.io(sock.fileno(), 1)
+        self._readable = self._hub.loop.io(sock.fileno(), 1)  # waited on inside a call
+        self._watched = self._hub.loop.io(sock.fileno(), 1)  # queues it between calls
         self._writable: object | None = None
         self._recv, self._send = sock.recv, sock.send
 
@@ -368,6 +470,51 @@ class _Connection:
                 return recv(size)
             except BlockingIOError:  # readiness can be spurious
                 continue
+
+    def watch(self, on_readable: Callable[[_Connection], None]) -> None:
+        """Have the loop call on_readable(self) whenever the socket is readable."""
+        self._watched.start(on_readable, self)
+
+    def unwatch(self) -> None:
+        self._watched.stop()
+
+    def read_ready(self) -> tuple[int, bytes] | None:
+        """The first whole frame among the bytes the socket holds now, without waiting.
+
+        None when no frame is whole yet (the bytes are kept) or the peer closed (`eof` set);
+        IncompleteFrame when it closed in the middle of one.
+        """
+        try:
+            chunk = self._recv(_RECV_CHUNK)
+        except BlockingIOError:  # readiness can be spurious
+            return None
+        buf = self._buf
+        if not chunk:
+            if buf:
+                raise IncompleteFrame(f"connection closed with {len(buf)} bytes of a frame")
+            self.eof = True
+            return None
+        if not buf:
+            size = len(chunk)
+            if size >= HEADER_SIZE and size == HEADER_SIZE + (
+                (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
+            ):
+                return chunk[0], chunk[HEADER_SIZE:]  # the usual case: exactly one frame
+        buf += chunk
+        return self.next_buffered()
+
+    def next_buffered(self) -> tuple[int, bytes] | None:
+        """The next whole frame already received, if there is one."""
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return None
+        end = HEADER_SIZE + ((buf[1] << 16) | (buf[2] << 8) | buf[3])
+        if len(buf) < end:
+            return None
+        rpc_type = buf[0]
+        payload = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]
+        return rpc_type, payload
 
     def read_frame(self) -> tuple[int, bytes] | None:
         """(type, payload) of the next frame; None on EOF between frames, IncompleteFrame inside."""
@@ -478,6 +625,10 @@ class _Connection:
 
     def close(self) -> None:
         """Stop watching the descriptor, then close it (libev must not watch a closed fd)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._watched.close()
         self._readable.close()
         if self._writable is not None:
             self._writable.close()  # type: ignore[attr-defined]

@@ -337,6 +337,40 @@ def test_many_sleeping_calls_at_once_all_time_out_together(runner, healthy):
     assert time.monotonic() - started < CALL_TIMEOUT + 2.0
 
 
+def _wave_of_sleeping_calls(runner, count: int, conf) -> float:
+    """`count` clients each make one call that sleeps; seconds until every one is answered."""
+    clients = [Client(runner.path, timeout=10) for _ in range(count)]
+    results: list = []
+    threads = [threading.Thread(target=lambda c=c: results.append(_timed_call(c, conf)))
+               for c in clients]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    took = time.monotonic() - started
+    for c in clients:
+        c.close()
+    assert len(results) == count
+    assert all(isinstance(r, m.HTTPReqCallResp) and isinstance(r.action, m.Stop)
+               and r.action.body == b"slept" for r, _ in results), results[:3]
+    return took
+
+
+def test_calls_that_wait_are_served_side_by_side_by_a_bounded_pool_of_workers(runner, healthy):
+    """Each call that waits takes a worker greenlet of its own, so waiting calls overlap rather
+    than queue; the workers are kept for later calls and their number stays bounded."""
+    conf = [("fault-sleep", '{"seconds": 0.2}')]
+    before = runner.status()["greenlets"]
+    took = _wave_of_sleeping_calls(runner, 100, conf)
+    healthy.check()
+    assert took < 5.0, f"100 calls of 0.2 s took {took:.1f}s: they were served one by one"
+    after_first = runner.status()["greenlets"]
+    _wave_of_sleeping_calls(runner, 100, conf)
+    after_second = runner.status()["greenlets"]
+    assert after_second <= after_first <= before + 64 + 1, (before, after_first, after_second)
+
+
 # --- load ---------------------------------------------------------------------------------------
 
 @pytest.fixture
