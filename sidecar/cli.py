@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import socket
 import sys
@@ -115,10 +116,31 @@ def _expire_time() -> float:
     return value
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters of glibc's malloc.h
+_KEEP_FREED = 32 << 20  # as large as a frame's body can get, and then some
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed blocks up to 32 MiB for reuse instead of unmapping them.
+
+    A call with a large body allocates and frees several buffers of that size; by default glibc
+    maps each afresh (or trims the heap after it) and the runner page-faults over every one:
+    four times the CPU of a 1 MiB response-rewrite call. Returns False where there is no glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED) and mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_FREED)
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from gevent import monkey
 
     monkey.patch_all()
+    keep_freed_memory()
 
     from . import logs
     from .cache import ConfCache

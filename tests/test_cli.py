@@ -72,3 +72,22 @@ def test_listen_address_comes_from_the_environment_as_apisix_sets_it(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(5) == 0
+
+
+def test_the_runner_keeps_freed_large_buffers_instead_of_faulting_them_in_again():
+    """keep_freed_memory: large buffers allocated and freed on every call (1 MiB bodies) are
+    reused, not mapped afresh each time (that cost a 1 MiB call four times the CPU)."""
+    code = (
+        "import resource, sys\n"
+        "from sidecar.cli import keep_freed_memory\n"
+        "assert keep_freed_memory()\n"
+        "def call():\n"
+        "    body = bytearray(1 << 20); reply = bytes(body) + b'x'; return len(reply)\n"
+        "call()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(200): call()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         check=True)
+    assert int(out.stdout) < 50, out.stdout  # without it: about 147,000 here
