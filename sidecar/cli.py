@@ -117,23 +117,24 @@ def _expire_time() -> float:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters of glibc's malloc.h
-_KEEP_FREED = 32 << 20  # as large as a frame's body can get, and then some
+_MMAP_ABOVE = 32 << 20  # larger than any frame's body: every buffer comes from the heap
+_TRIM_ABOVE = 256 << 20  # free heap kept before glibc hands pages back
 
 
 def keep_freed_memory() -> bool:
-    """Have glibc keep freed blocks up to 32 MiB for reuse instead of unmapping them.
+    """Have glibc reuse freed buffers instead of unmapping or trimming them on every call.
 
     A call with a large body allocates and frees several buffers of that size; by default glibc
-    maps each afresh (or trims the heap after it) and the runner page-faults over every one:
-    four times the CPU of a 1 MiB response-rewrite call. Returns False where there is no glibc.
+    maps each afresh, or trims the heap after it, and the runner page-faults over every one:
+    four times the CPU of a 1 MiB response-rewrite call. The price: after a burst of large
+    bodies the runner keeps up to 256 MiB of free heap for the next one. Returns False where
+    there is no glibc.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED) and mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_FREED)
-    )
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE) and mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ readable, and the worker serves the queue in turn, one read per connection, so c
 turns and a busy loop round costs one greenlet switch however many calls it holds. A call runs
 in the worker itself. When a call has to wait (an ExtraInfo round trip, a plugin's own I/O, a
 slow reader of the reply), the worker hands the queue over to a spare greenlet just before it
-blocks (gevent's `switch_out` hook), finishes that call, and parks as the next spare.
+blocks (gevent's `switch_out` hook), finishes that call, and parks as the next spare; spares are
+kept up to one per connection.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ DEFAULT_CALL_TIMEOUT = 55.0
 DEFAULT_GRACE = 0.8
 _UNIX_PATH_MAX = 107
 _RECV_CHUNK = 65536
-_SPARES_KEPT = 64  # parked workers kept for calls that wait; beyond that they end
+_SPARES_MIN = 8  # parked workers kept for calls that wait, or one per connection if more
 # The stdlib class even when gevent has patched the module: the server waits on the loop itself.
 _StdSocket = monkey.get_original("socket", "socket")
 
@@ -332,10 +333,15 @@ class Server:
                 except BaseException:  # this worker serves every connection: it must go on
                     log.exception("serving a connection failed; closing it")
                     self._close(conn)
-            if len(self._spares) >= _SPARES_KEPT:
+            if len(self._spares) >= self._spares_wanted():
                 return
             self._spares.append(worker)
-            hub.switch()  # until _hand_over resumes it
+            hub.switch()  # until _hand_over resumes it (or _close ends it)
+
+    def _spares_wanted(self) -> int:
+        """As many parked workers as connections: each could have a call waiting at once, and
+        making a greenlet per such call costs more than keeping one."""
+        return max(_SPARES_MIN, len(self._connections))
 
     def _serve_ready(self, conn: _Connection, worker: _Worker) -> None:
         """Read what a ready connection sent and answer every whole frame in it."""
@@ -379,6 +385,8 @@ class Server:
     def _close(self, conn: _Connection) -> None:
         self._connections.pop(conn, None)
         conn.close()
+        if len(self._spares) > self._spares_wanted():
+            gevent.get_hub().loop.run_callback(self._spares.pop().throw)  # GreenletExit: it ends
         if self._stopping and not self._connections:
             self._drained.set()
 

@@ -363,7 +363,8 @@ def test_calls_that_wait_are_served_side_by_side_by_a_bounded_pool_of_workers(ru
     after_first = runner.status()["greenlets"]
     _wave_of_sleeping_calls(runner, 100, conf)
     after_second = runner.status()["greenlets"]
-    assert after_second <= after_first <= before + 64 + 1, (before, after_first, after_second)
+    # Spares beyond one per connection (or 8) end as the clients' connections close.
+    assert after_second <= after_first <= before + 8 + 1, (before, after_first, after_second)
 
 
 # --- load ---------------------------------------------------------------------------------------
