@@ -707,29 +707,38 @@ _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
 def _entries(entries: list[Entry]) -> Blob:
-    """A [TextEntry] vector: shared vtables, the offsets, then each table and its strings."""
+    """A [TextEntry] vector: shared vtables, the offsets, then each table and its strings.
+
+    Every call's reply carries some, so the strings go into one join as parts (length, bytes,
+    NUL and padding) rather than each being built first.
+    """
     if not entries:
         return _EMPTY_VECTOR
     count = len(entries)
     vector = 16
     pos = vector + 4 + 4 * count  # the first entry table
     offsets = []
-    bodies = []
+    parts: list[bytes] = [b""]  # the head goes first, once the offsets are known
     for i, (name, value) in enumerate(entries):
         offsets.append(pos - (vector + 4 + 4 * i))
-        name_obj = _str(name.encode("utf-8", "surrogateescape"))
+        raw_name = name.encode("utf-8", "surrogateescape")
+        name_size = 4 + len(raw_name) + (name_pad := 4 - (len(raw_name) & 3))  # NUL, then pad
         if value is None:
-            bodies.append(_TE_NAME_ONLY(pos - 8, 4))
-            bodies.append(name_obj)
-            pos += 8 + len(name_obj)
+            parts += (_TE_NAME_ONLY(pos - 8, 4), _P32(len(raw_name)), raw_name, _NULS[name_pad])
+            pos += 8 + name_size
         else:
-            value_obj = _str(value.encode("utf-8", "surrogateescape"))
-            bodies.append(_TE_FULL(pos, 8, 4 + len(name_obj)))
-            bodies.append(name_obj)
-            bodies.append(value_obj)
-            pos += 12 + len(name_obj) + len(value_obj)
-    head = _TE_VTABLES + struct.pack(f"<{count + 1}I", count, *offsets)
-    return head + b"".join(bodies), vector
+            raw_value = value.encode("utf-8", "surrogateescape")
+            value_pad = 4 - (len(raw_value) & 3)
+            parts += (
+                _TE_FULL(pos, 8, 4 + name_size), _P32(len(raw_name)), raw_name, _NULS[name_pad],
+                _P32(len(raw_value)), raw_value, _NULS[value_pad],
+            )
+            pos += 12 + name_size + 4 + len(raw_value) + value_pad
+    parts[0] = _TE_VTABLES + struct.pack(f"<{count + 1}I", count, *offsets)
+    return b"".join(parts), vector
+
+
+_NULS = tuple(b"\0" * k for k in range(5))
 
 
 def _table(children: list[tuple[int, Blob]], scalars: list[tuple[int, str, int]]) -> Blob:
