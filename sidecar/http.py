@@ -82,11 +82,8 @@ class _MultiDict:
         if type(value) is not str or type(name) is not str or not name:
             self._check(name, value)
         key = self._fold(name)
-        touched, data = self._touched, self._data
-        if key not in touched:  # _touch, inlined: set is on most calls' path
-            slot = data.get(key)
-            touched[key] = list(slot[1]) if slot else []
-        data[key] = (name, [value])
+        self._touch(key)
+        self._data[key] = (name, [value])
 
     def add(self, name: str, value: str) -> None:
         """Append one more value to `name`."""

@@ -36,6 +36,8 @@ from .protocol.frame import (
     FrameError,
     IncompleteFrame,
     pack_frame,
+    take_frame,
+    whole_frame,
 )
 from .runner import ExtraInfoFailed, Runner, error_frame
 
@@ -503,47 +505,26 @@ class _Connection:
             self.eof = True
             return None
         if not buf:
-            size = len(chunk)
-            if size >= HEADER_SIZE and size == HEADER_SIZE + (
-                (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
-            ):
-                return chunk[0], chunk[HEADER_SIZE:]  # the usual case: exactly one frame
+            frame = whole_frame(chunk)
+            if frame is not None:
+                return frame
         buf += chunk
-        return self.next_buffered()
+        return take_frame(buf)
 
     def next_buffered(self) -> tuple[int, bytes] | None:
         """The next whole frame already received, if there is one."""
-        buf = self._buf
-        if len(buf) < HEADER_SIZE:
-            return None
-        end = HEADER_SIZE + ((buf[1] << 16) | (buf[2] << 8) | buf[3])
-        if len(buf) < end:
-            return None
-        rpc_type = buf[0]
-        payload = bytes(buf[HEADER_SIZE:end])
-        del buf[:end]
-        return rpc_type, payload
+        return take_frame(self._buf)
 
     def read_frame(self) -> tuple[int, bytes] | None:
         """(type, payload) of the next frame; None on EOF between frames, IncompleteFrame inside."""
         buf = self._buf
         if not buf:
-            # The usual case: one recv brings exactly one whole frame; no buffer work then.
-            wait, readable, recv = self._hub.wait, self._readable, self._recv
-            while True:
-                wait(readable)
-                try:
-                    chunk = recv(_RECV_CHUNK)
-                    break
-                except BlockingIOError:  # readiness can be spurious
-                    continue
+            chunk = self._receive(_RECV_CHUNK)
             if not chunk:
                 return None
-            size = len(chunk)
-            if size >= HEADER_SIZE and size == HEADER_SIZE + (
-                (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
-            ):
-                return chunk[0], chunk[HEADER_SIZE:]
+            frame = whole_frame(chunk)
+            if frame is not None:
+                return frame
             buf += chunk
         else:
             gevent.sleep(0)  # a peer that sent several frames at once waits its turn too
@@ -552,14 +533,13 @@ class _Connection:
             if not chunk:
                 raise IncompleteFrame(f"connection closed after {len(buf)} of 4 header bytes")
             buf += chunk
+        frame = take_frame(buf)
+        if frame is not None:
+            return frame
         rpc_type = buf[0]
         length = (buf[1] << 16) | (buf[2] << 8) | buf[3]
         end = HEADER_SIZE + length
         have = len(buf)
-        if have >= end:
-            payload = bytes(buf[HEADER_SIZE:end])
-            del buf[:end]
-            return rpc_type, payload
         # The rest of a long payload goes straight into a buffer of its final size.
         frame = bytearray(end)
         frame[:have] = buf

@@ -56,6 +56,29 @@ def unpack_header(header: bytes) -> tuple[int, int]:
     return header[0], (header[1] << 16) | (header[2] << 8) | header[3]
 
 
+def whole_frame(chunk: bytes) -> tuple[int, bytes] | None:
+    """(type, payload) when `chunk` is exactly one frame: the usual recv, read with no buffer."""
+    size = len(chunk)
+    if size >= HEADER_SIZE and size == HEADER_SIZE + (
+        (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
+    ):
+        return chunk[0], chunk[HEADER_SIZE:]
+    return None
+
+
+def take_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    """Remove the first frame from `buf` and return (type, payload), if buf holds all of it."""
+    if len(buf) < HEADER_SIZE:
+        return None
+    end = HEADER_SIZE + ((buf[1] << 16) | (buf[2] << 8) | buf[3])
+    if len(buf) < end:
+        return None
+    rpc_type = buf[0]
+    payload = bytes(buf[HEADER_SIZE:end])
+    del buf[:end]
+    return rpc_type, payload
+
+
 class FrameReader:
     """Reads whole frames from a stream socket, whatever sizes recv hands back.
 
@@ -86,28 +109,22 @@ class FrameReader:
         """
         buf = self._buf
         if not buf:
-            # The usual case: one recv brings exactly one whole frame; no buffer work then.
             chunk = self._sock.recv(_RECV_CHUNK)
             if not chunk:
                 return None
-            if len(chunk) >= HEADER_SIZE and len(chunk) == HEADER_SIZE + (
-                (chunk[1] << 16) | (chunk[2] << 8) | chunk[3]
-            ):
-                return chunk[0], chunk[HEADER_SIZE:]
+            frame = whole_frame(chunk)
+            if frame is not None:
+                return frame
             buf += chunk
         if not self._fill(HEADER_SIZE):
             if buf:
                 raise IncompleteFrame(f"connection closed after {len(buf)} of 4 header bytes")
             return None
-        rpc_type = buf[0]
         length = (buf[1] << 16) | (buf[2] << 8) | buf[3]
-        end = HEADER_SIZE + length
-        if not self._fill(end):
+        if not self._fill(HEADER_SIZE + length):
             got = len(buf) - HEADER_SIZE
             raise IncompleteFrame(f"connection closed after {got} of {length} payload bytes")
-        payload = bytes(buf[HEADER_SIZE:end])
-        del buf[:end]
-        return rpc_type, payload
+        return take_frame(buf)
 
     @property
     def pending(self) -> int:

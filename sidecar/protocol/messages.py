@@ -540,7 +540,7 @@ _HRQ_VT = struct.Struct(f"<HH{_W_HRQ}H").unpack_from
 _HRQ_VT_SIZE = 4 + 2 * _W_HRQ
 
 
-# decode_http_req_call_req unpacks the field positions in this order.
+# LazyHTTPReqCall unpacks the seven vtable slots in this order.
 assert (_HRQ_ID, _HRQ_SRC_IP, _HRQ_METHOD, _HRQ_PATH, _HRQ_ARGS, _HRQ_HEADERS, _HRQ_TOKEN) == (
     0, 1, 2, 3, 4, 5, 6)
 
@@ -578,28 +578,11 @@ def decode_http_req_call_req(
 
     lazy=True (the runner) gives a LazyHTTPReqCall: the vectors are decoded on first use.
     """
+    call = LazyHTTPReqCall(buf)
     if lazy:
-        return LazyHTTPReqCall(buf)
-    r = _Reader(buf)
-    id_at, ip_at, method_at, path_at, args_at, headers_at, token_at = r.root(_W_HRQ)
-    data, end = r.buf, r.end
-    # An absent field is at 0, which passes these checks (end >= _MIN_TABLE) and reads as 0.
-    if id_at + 4 > end or method_at + 1 > end or token_at + 4 > end:
-        raise DecodeError("a scalar field lies outside the payload")
-    method = data[method_at] if method_at else 0
-    if method >= len(METHODS):
-        raise DecodeError(f"method enum value {method} is not in A6.Method")
-    src_ip = _vector_bytes(data, end, ip_at)
-    path = _vector_bytes(data, end, path_at)
-    r.charge(len(src_ip) + len(path))
+        return call
     return HTTPReqCallReq(
-        _U32(data, id_at)[0] if id_at else 0,
-        src_ip,
-        METHODS[method],
-        path.decode("utf-8", "surrogateescape"),
-        r.entries(args_at),
-        r.entries(headers_at),
-        _U32(data, token_at)[0] if token_at else 0,
+        call.id, call.src_ip, call.method, call.path, call.args, call.headers, call.conf_token
     )
 
 
