@@ -338,3 +338,26 @@ def test_test_plugins_do_what_the_suite_expects_through_the_sdk(monkeypatch):
 
     with pytest.raises(Exception):  # noqa: B017 - the runner wraps it; any failure will do
         testing.run_request(plugins.Raise(), {})
+
+
+def test_a_gateway_that_fails_to_come_up_is_stopped_and_its_log_reported():
+    from integration.support.containers import _up_or_stopped
+
+    class FakeGateway:
+        stopped = False
+
+        def logs(self) -> str:
+            return "nginx: [emerg] bad config"
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    up = FakeGateway()
+    with _up_or_stopped(up, "gw-ok"):
+        pass
+    assert not up.stopped
+    down = FakeGateway()
+    with pytest.raises(RuntimeError, match=r"gateway gw-x did not come up: boom(.|\n)*bad config"):
+        with _up_or_stopped(down, "gw-x"):
+            raise TimeoutError("boom")
+    assert down.stopped

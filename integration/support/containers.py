@@ -15,6 +15,8 @@ import re
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -377,21 +379,28 @@ class Gateway:
         return reply
 
 
-def start_standalone(image: str, network: Network, name: str,
-                     apisix_yaml: str | None = None, timeout: float = 90.0) -> Gateway:
-    """A gateway in file-driven standalone mode serving the suite's route file, ready."""
-    gateway = Gateway(image, network, name).start()
+@contextmanager
+def _up_or_stopped(gateway: Gateway, name: str) -> Iterator[None]:
+    """If bringing the gateway up fails, stop it and raise with its log attached."""
     try:
-        # APISIX re-reads conf/apisix.yaml every second and applies it once it ends with #END.
-        gateway.put_file(configs.STANDALONE_FILE,
-                         apisix_yaml or configs.standalone_apisix_yaml())
-        gateway.wait_until_answers(configs.SAY_PRE, 200, configs.SAY_BODY, timeout=timeout,
-                                   what=f"the routes of gateway {name} to answer")
+        yield
     except BaseException as exc:
         logs = gateway.logs()
         gateway.stop()
         raise RuntimeError(f"gateway {name} did not come up: {exc}\n--- its log ---\n{logs}") \
             from None
+
+
+def start_standalone(image: str, network: Network, name: str,
+                     apisix_yaml: str | None = None, timeout: float = 90.0) -> Gateway:
+    """A gateway in file-driven standalone mode serving the suite's route file, ready."""
+    gateway = Gateway(image, network, name).start()
+    with _up_or_stopped(gateway, name):
+        # APISIX re-reads conf/apisix.yaml every second and applies it once it ends with #END.
+        gateway.put_file(configs.STANDALONE_FILE,
+                         apisix_yaml or configs.standalone_apisix_yaml())
+        gateway.wait_until_answers(configs.SAY_PRE, 200, configs.SAY_BODY, timeout=timeout,
+                                   what=f"the routes of gateway {name} to answer")
     return gateway
 
 
@@ -399,17 +408,12 @@ def start_traditional(image: str, network: Network, name: str,
                       timeout: float = 90.0) -> Gateway:
     """A gateway in traditional mode (etcd + Admin API) whose Admin API answers."""
     gateway = Gateway(image, network, name, env=configs.traditional_env()).start()
-    try:
+    with _up_or_stopped(gateway, name):
         def admin_ready() -> bool:
             gateway.check_running()
             return gateway.admin("GET", "/apisix/admin/routes").status == 200
 
         wait_until(admin_ready, timeout, interval=0.25, retry_on=NOT_YET,
                    what=f"the Admin API of gateway {name}")
-    except BaseException as exc:
-        logs = gateway.logs()
-        gateway.stop()
-        raise RuntimeError(f"gateway {name} did not come up: {exc}\n--- its log ---\n{logs}") \
-            from None
     return gateway
 
