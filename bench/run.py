@@ -30,6 +30,7 @@ import time
 from array import array
 from pathlib import Path
 
+from . import noise
 from .loadgen import worker_main
 from .scenarios import FLOOR, SCENARIOS, Scenario
 
@@ -341,6 +342,7 @@ def run_all(args: argparse.Namespace) -> dict:
     roots = [(f"runner@{b.resolve().name}", b.resolve()) for b in args.baseline]
     roots.append(("runner", args.runner_root.resolve()))
     results, raw = [], []
+    machine = noise.measure(args.noise) if args.noise > 0 else None
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as workdir:
         for conns in conns_list:
             # Rounds alternate the floor and every case, so that a noisy spell of the machine
@@ -368,7 +370,7 @@ def run_all(args: argparse.Namespace) -> dict:
             for runs in cases.values():
                 results.append(merge_rounds(runs))
                 raw.extend(runs)
-    return {"meta": _meta(args), "results": results, "rounds": raw}
+    return {"meta": dict(_meta(args), noise=machine), "results": results, "rounds": raw}
 
 
 def _progress(r: dict) -> None:
@@ -444,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spin", action="store_true", default=os.environ.get("BENCH_SPIN") == "1",
                    help="generators poll without sleeping, so a target never pays for waking "
                         "them (their CPU then reads ~1.0 busy); env BENCH_SPIN=1")
+    p.add_argument("--noise", type=float, default=float(os.environ.get("BENCH_NOISE", "2")),
+                   help="seconds to measure, before the cases, how often the machine stalls a "
+                        "busy CPU (bench/noise.py), shown under the table; 0 skips it; env "
+                        "BENCH_NOISE")
     p.add_argument("--memory", action="store_true", help="the memory check instead of the table")
     p.add_argument("--memory-calls", type=int,
                    default=int(os.environ.get("BENCH_MEMORY_CALLS", 1_000_000)))
@@ -464,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = run_all(args)
         print(format_table(report["results"]))
+        if report["meta"]["noise"]:
+            print(noise.describe(report["meta"]["noise"]))
         out = args.json or DEFAULT_JSON
         ok = all(r["ok"] == r["calls"] and not r["lost"] for r in report["results"])
     out.parent.mkdir(parents=True, exist_ok=True)

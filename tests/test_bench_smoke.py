@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench import noise
 from bench.run import main
 
 FIELDS = {
@@ -20,7 +21,7 @@ FIELDS = {
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "latest.json"
     code = main(["--calls", "300", "--conns", "1,4", "--scenarios", "say,vars", "--rounds", "2",
-                 "--json", str(out)])
+                 "--noise", "0.2", "--json", str(out)])
     return code, json.loads(out.read_text())
 
 
@@ -72,6 +73,26 @@ def test_the_figures_are_all_there_and_sane(report):
     vars_cases = [r for r in data["results"] if r["scenario"] == "vars"]
     assert all(r["extra_info"] == 3 * r["calls"] for r in vars_cases)
     assert data["meta"]["calls"] == 300 and data["meta"]["rounds"] == 2
+
+
+def test_the_run_records_the_machine_noise_it_ran_on(report):
+    _, data = report
+    measured = data["meta"]["noise"]
+    assert measured["seconds"] == 0.2 and measured["cpus"] >= 1
+    assert measured["stalls"] >= 0 and measured["stalled_ms"] >= measured["longest_ms"] >= 0
+    assert noise.describe(measured).startswith("machine noise: with all")
+
+
+def test_noise_counts_only_the_gaps_that_are_stalls():
+    ticks = iter([0, 100, 1_000_200, 1_000_300, 4_000_300, 4_000_400, 10**9 + 1])
+    assert noise.spin(1.0, clock=lambda: next(ticks)) == [1_000_100, 3_000_000, 10**9 - 4_000_399]
+
+
+def test_noise_can_be_skipped(tmp_path):
+    out = tmp_path / "latest.json"
+    assert main(["--calls", "20", "--conns", "1", "--scenarios", "say", "--rounds", "1",
+                 "--noise", "0", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["meta"]["noise"] is None
 
 
 def test_the_memory_mode_reports_growth(tmp_path):
