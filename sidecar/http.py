@@ -32,9 +32,11 @@ class _MultiDict:
     """An ordered multi-valued mapping that remembers which names were changed.
 
     Each name keeps the spelling it was first seen with; `_fold` decides which names are equal.
+    Made `deferred`, it reads its entries only when something other than `set` needs them: a
+    plugin that only sets names never pays for decoding the rest.
     """
 
-    __slots__ = ("_data", "_touched")
+    __slots__ = ("_data", "_touched", "_source", "_writes")
     _allow_none = False
 
     @staticmethod
@@ -50,6 +52,7 @@ class _MultiDict:
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
         self._data: dict[str, tuple[str, list[str | None]]] = {}
         self._touched: dict[str, list[str | None]] = {}
+        self._source: Callable[[], Iterable[Entry]] | None = None
         if not entries:  # a stop response's headers start empty on every call
             return
         data = self._data
@@ -62,6 +65,22 @@ class _MultiDict:
             else:
                 slot[1].append(value)
 
+    @classmethod
+    def deferred(cls, source: Callable[[], Iterable[Entry]]) -> _MultiDict:
+        """One whose entries come from `source()` when first needed; sets before that wait."""
+        self = cls()
+        self._source = source
+        self._writes: list[tuple[str, str]] = []  # sets made before the entries were read
+        return self
+
+    def _load(self) -> None:
+        """Read the deferred entries, then make the sets made before, in their order."""
+        source, writes = self._source, self._writes
+        self._source = None
+        type(self).__init__(self, source())  # type: ignore[misc]
+        for name, value in writes:
+            self.set(name, value)
+
     def _touch(self, key: str) -> None:
         if key not in self._touched:
             slot = self._data.get(key)
@@ -69,11 +88,15 @@ class _MultiDict:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name`, or `default` when it is absent."""
+        if self._source is not None:
+            self._load()
         slot = self._data.get(self._fold(name))
         return slot[1][0] if slot else default
 
     def get_all(self, name: str) -> list[str | None]:
         """Every value of `name`, in order (empty when absent)."""
+        if self._source is not None:
+            self._load()
         slot = self._data.get(self._fold(name))
         return list(slot[1]) if slot else []
 
@@ -81,6 +104,9 @@ class _MultiDict:
         """Replace every value of `name` with one value."""
         if type(value) is not str or type(name) is not str or not name:
             self._check(name, value)
+        if self._source is not None:
+            self._writes.append((name, value))
+            return
         key = self._fold(name)
         self._touch(key)
         self._data[key] = (name, [value])
@@ -88,6 +114,8 @@ class _MultiDict:
     def add(self, name: str, value: str) -> None:
         """Append one more value to `name`."""
         self._check(name, value)
+        if self._source is not None:
+            self._load()
         key = self._fold(name)
         self._touch(key)
         slot = self._data.get(key)
@@ -98,12 +126,16 @@ class _MultiDict:
 
     def delete(self, name: str) -> None:
         """Remove `name` and all its values (no error when absent)."""
+        if self._source is not None:  # deleting an absent name must stay no change at all
+            self._load()
         key = self._fold(name)
         self._touch(key)
         self._data.pop(key, None)
 
     def items(self) -> list[Entry]:
         """Every (name, value) pair, one per value."""
+        if self._source is not None:
+            self._load()
         out = []  # a plain loop: cheaper than a comprehension for the few names a call has
         for name, values in self._data.values():
             for value in values:
@@ -111,15 +143,23 @@ class _MultiDict:
         return out
 
     def __contains__(self, name: object) -> bool:
+        if self._source is not None:
+            self._load()
         return isinstance(name, str) and self._fold(name) in self._data
 
     def __iter__(self) -> Iterator[str]:
+        if self._source is not None:
+            self._load()
         return (name for name, _ in self._data.values())
 
     def __len__(self) -> int:
+        if self._source is not None:
+            self._load()
         return len(self._data)
 
     def __bool__(self) -> bool:
+        if self._source is not None:
+            self._load()
         return bool(self._data)
 
     def __repr__(self) -> str:
@@ -128,6 +168,8 @@ class _MultiDict:
     @property
     def changed(self) -> bool:
         """True when some name now holds other values than it started with."""
+        if self._source is not None:
+            self._load()
         return any(self._current(key) != before for key, before in self._touched.items())
 
     def _current(self, key: str) -> list[str | None]:
@@ -135,7 +177,16 @@ class _MultiDict:
         return slot[1] if slot else []
 
     def changes(self) -> list[tuple[str, list[str | None]]]:
-        """(name, new values) for every changed name; an empty list of values means deleted."""
+        """(name, new values) for every changed name; an empty list of values means deleted.
+
+        Names set while the entries were never read are all reported, even one set to the value
+        it had: telling APISIX to set a value a header already has changes nothing.
+        """
+        if self._source is not None:
+            last: dict[str, tuple[str, list[str | None]]] = {}
+            for name, value in self._writes:
+                last[self._fold(name)] = (name, [value])
+            return list(last.values())
         out = []
         for key, before in self._touched.items():
             now = self._current(key)
@@ -283,14 +334,16 @@ class Request(_HeldByAPISIX):
     def args(self) -> Args:
         """The query arguments, percent-decoded; changes are sent to APISIX."""
         if self._args is None:
-            self._args = Args(self._call.args)
+            call = self._call
+            self._args = Args.deferred(lambda: call.args)
         return self._args
 
     @property
     def headers(self) -> Headers:
         """The request headers (names lower-cased by APISIX); changes are sent to APISIX."""
         if self._headers is None:
-            self._headers = Headers(self._call.headers)
+            call = self._call
+            self._headers = Headers.deferred(lambda: call.headers)
         return self._headers
 
     @property

@@ -97,11 +97,20 @@ def _token(runner: Runner, conf) -> int:
 
 
 def test_a_plugin_reading_a_malformed_header_vector_gets_bad_request(runner):
-    token = _token(runner, [("test-rewrite", '{"set_headers": {"x-a": "1"}}')])
+    token = _token(runner, [("test-rewrite", '{"del_headers": ["x-a"]}')])  # delete reads them
     msg = m.HTTPReqCallReq(id=1, src_ip=b"\x7f\0\0\1", method="GET", path="/p",
                            args=[], headers=[("host", "h")], conf_token=token)
     rpc_type, reply = runner.handle(2, _corrupt_headers(msg))
     assert (rpc_type, m.decode_err(reply)) == (0, m.ERR_BAD_REQUEST)
+
+
+def test_a_plugin_that_only_sets_headers_answers_without_decoding_them(runner):
+    token = _token(runner, [("test-rewrite", '{"set_headers": {"x-a": "1"}}')])
+    msg = m.HTTPReqCallReq(id=1, src_ip=b"\x7f\0\0\1", method="GET", path="/p",
+                           args=[], headers=[("host", "h")], conf_token=token)
+    rpc_type, reply = runner.handle(2, _corrupt_headers(msg))
+    assert rpc_type == 2
+    assert m.decode_http_req_call_resp(reply).action == m.Rewrite(headers=[("x-a", "1")])
 
 
 def test_a_plugin_that_never_reads_the_headers_answers_without_decoding_them(runner):

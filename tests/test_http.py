@@ -3,6 +3,8 @@
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar import Args, Headers, Request, Response, StopResponse
 from sidecar.protocol.messages import HTTPReqCallReq
@@ -169,3 +171,81 @@ def test_sdk_objects_are_fresh_per_call_and_keep_plugin_attributes():
     s1, s2 = StopResponse(), StopResponse()
     s1.write("one")
     assert s2.body == b"" and not s2.stopped
+
+
+class _Source:
+    """Entries handed over on demand, counting how often they were asked for."""
+
+    def __init__(self, entries):
+        self.entries, self.calls = entries, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.entries
+
+
+def test_deferred_headers_that_are_only_set_are_never_read():
+    source = _Source([("host", "h"), ("x-a", "old")])
+    h = Headers.deferred(source)
+    h.set("X-A", "1")
+    h.set("x-b", "2")
+    h.set("x-a", "3")
+    assert h.changes() == [("x-a", ["3"]), ("x-b", ["2"])]
+    assert source.calls == 0
+    with pytest.raises(TypeError):
+        h.set("x-c", 4)
+
+
+def test_deferred_headers_read_once_then_behave_as_eager_ones():
+    source = _Source([("host", "h"), ("x-a", "old"), ("x-a", "older")])
+    h = Headers.deferred(source)
+    h.set("X-A", "1")
+    h.set("host", "h")  # the value it already has: no change once the entries are known
+    assert h.get("x-a") == "1" and source.calls == 1
+    assert h.items() == [("host", "h"), ("X-A", "1")]
+    assert h.changes() == [("X-A", ["1"])]
+    h.add("x-a", "2")
+    assert h.get_all("x-a") == ["1", "2"] and source.calls == 1
+
+
+@pytest.mark.parametrize("first", [
+    lambda h: h.get("x"), lambda h: h.get_all("x"), lambda h: h.add("x", "v"),
+    lambda h: h.delete("x"), lambda h: h.items(), lambda h: "x" in h, lambda h: list(h),
+    lambda h: len(h), lambda h: bool(h), lambda h: repr(h), lambda h: h.changed,
+])
+def test_every_read_of_deferred_entries_reads_them_first(first):
+    source = _Source([("x", "1")])
+    h = Headers.deferred(source)
+    h.set("y", "2")
+    first(h)
+    assert source.calls == 1
+    assert ("y", "2") in h.items()
+
+
+OPS = st.lists(st.tuples(
+    st.sampled_from(["set", "add", "delete", "get"]),
+    st.sampled_from(["a", "A", "b", "c"]),
+    st.sampled_from(["1", "2"]),
+), max_size=8)
+ENTRIES = st.lists(st.tuples(st.sampled_from(["a", "b", "B"]), st.sampled_from(["1", "2"])),
+                   max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=ENTRIES, ops=OPS)
+def test_deferred_and_eager_headers_end_the_same(entries, ops):
+    eager, deferred = Headers(entries), Headers.deferred(lambda: entries)
+    for op, name, value in ops:
+        for h in (eager, deferred):
+            if op == "get":
+                assert h.get(name) == eager.get(name)
+            elif op == "delete":
+                h.delete(name)
+            else:
+                getattr(h, op)(name, value)
+    changes, exact = deferred.changes(), eager.changes()
+    assert all(c in changes for c in exact)
+    # A name set while the entries were unread may be reported though it ends as it began.
+    assert all(c in exact or c[1] == Headers(entries).get_all(c[0]) for c in changes)
+    assert deferred.items() == eager.items()
+    assert deferred.changes() == eager.changes()
