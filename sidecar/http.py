@@ -74,10 +74,12 @@ class _MultiDict:
         return self
 
     def _load(self) -> None:
-        """Read the deferred entries, then make the sets made before, in their order."""
-        source, writes = self._source, self._writes
-        self._source = None
-        type(self).__init__(self, source())  # type: ignore[misc]
+        """Read the deferred entries, then make the sets made before, in their order.
+
+        If reading fails (a malformed vector), it stays deferred: every later read fails alike.
+        """
+        entries, writes = self._source(), self._writes  # type: ignore[misc]
+        type(self).__init__(self, entries)
         for name, value in writes:
             self.set(name, value)
 

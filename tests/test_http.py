@@ -249,3 +249,18 @@ def test_deferred_and_eager_headers_end_the_same(entries, ops):
     assert all(c in exact or c[1] == Headers(entries).get_all(c[0]) for c in changes)
     assert deferred.items() == eager.items()
     assert deferred.changes() == eager.changes()
+
+
+def test_deferred_entries_that_fail_to_read_fail_every_read_and_keep_the_sets():
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise ValueError("malformed vector")
+
+    h = Headers.deferred(broken)
+    h.set("x-a", "1")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="malformed"):
+            h.get("host")
+    assert len(calls) == 2 and h.changes() == [("x-a", ["1"])]
