@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import os
 import socket
 import sys
@@ -137,6 +138,19 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE) and mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
 
 
+def freeze_startup_objects() -> int:
+    """Collect once, then hide everything made so far (modules, plugins, the server) from the
+    garbage collector; returns how many objects it froze.
+
+    Calls that wait for APISIX keep their objects alive across collections, so with many such
+    calls in flight full collections run every second or so, and each one pauses every
+    connection: about 7 ms over the startup objects, about 1 ms once they are frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def _run(args: argparse.Namespace) -> int:
     from gevent import monkey
 
@@ -163,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         server.bind()
     except (AddressError, UsageError) as exc:
         raise UsageError(str(exc)) from None
+    freeze_startup_objects()
     server.serve_forever()
     return 0
 

@@ -203,6 +203,7 @@ class Server:
                 "connections": len(self._connections),
                 "in_flight": self.in_flight,
                 "greenlets": sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet)),
+                "gc_frozen": gc.get_freeze_count(),  # startup objects (never counted above)
                 "tokens": len(self.runner.cache),
             },
         )

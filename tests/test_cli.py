@@ -91,3 +91,19 @@ def test_the_runner_keeps_freed_large_buffers_instead_of_faulting_them_in_again(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          check=True)
     assert int(out.stdout) < 50, out.stdout  # without it: about 147,000 here
+
+
+def test_startup_objects_are_frozen_so_full_collections_scan_only_what_calls_made():
+    """freeze_startup_objects: with many waiting calls in flight full collections come every
+    second or so and pause every connection; frozen startup objects make each one ~7x shorter."""
+    code = (
+        "import gc, gevent, sidecar.server, sidecar.runner\n"
+        "from sidecar.cli import freeze_startup_objects\n"
+        "before = len(gc.get_objects())\n"
+        "frozen = freeze_startup_objects()\n"
+        "print(before, frozen, len(gc.get_objects()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         check=True)
+    before, frozen, after = map(int, out.stdout.split())
+    assert frozen > 10_000 and after < before // 10, out.stdout

@@ -352,6 +352,10 @@ def _wave_of_sleeping_calls(runner, count: int, conf) -> float:
     return took
 
 
+def test_the_running_runner_has_frozen_its_startup_objects(runner):
+    assert runner.status()["gc_frozen"] > 10_000
+
+
 def test_calls_that_wait_are_served_side_by_side_by_a_bounded_pool_of_workers(runner, healthy):
     """Each call that waits takes a worker greenlet of its own, so waiting calls overlap rather
     than queue; the workers are kept for later calls and their number stays bounded."""
