@@ -74,6 +74,12 @@ def test_listen_address_comes_from_the_environment_as_apisix_sets_it(tmp_path):
         assert proc.wait(5) == 0
 
 
+def _python(code: str) -> str:
+    """What a fresh interpreter prints running `code` (process-wide settings stay out of here)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          check=True).stdout
+
+
 def test_the_runner_keeps_freed_large_buffers_instead_of_faulting_them_in_again():
     """keep_freed_memory: large buffers allocated and freed on every call (1 MiB bodies) are
     reused, not mapped afresh each time (that cost a 1 MiB call four times the CPU)."""
@@ -88,9 +94,8 @@ def test_the_runner_keeps_freed_large_buffers_instead_of_faulting_them_in_again(
         "for _ in range(200): call()\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         check=True)
-    assert int(out.stdout) < 50, out.stdout  # without it: about 147,000 here
+    out = _python(code)
+    assert int(out) < 50, out  # without it: about 147,000 here
 
 
 def test_startup_objects_are_frozen_so_full_collections_scan_only_what_calls_made():
@@ -103,7 +108,6 @@ def test_startup_objects_are_frozen_so_full_collections_scan_only_what_calls_mad
         "frozen = freeze_startup_objects()\n"
         "print(before, frozen, len(gc.get_objects()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         check=True)
-    before, frozen, after = map(int, out.stdout.split())
-    assert frozen > 10_000 and after < before // 10, out.stdout
+    out = _python(code)
+    before, frozen, after = map(int, out.split())
+    assert frozen > 10_000 and after < before // 10, out
