@@ -204,13 +204,31 @@ def _pct(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e6
 
 
+def pin_apart(target_pid: int, generator_pids: list[int]) -> bool:
+    """Give the target the first CPU and the generators the others; False with one CPU.
+
+    Left to itself the scheduler now and then runs both sides of the socket on one CPU for a
+    tenth of a second, which halves the throughput and doubles the latency of whatever case it
+    lands in: noise in the tail that neither the runner nor the floor causes.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return False
+    os.sched_setaffinity(target_pid, cpus[:1])
+    for pid in generator_pids:
+        os.sched_setaffinity(pid, cpus[1:])
+    return True
+
+
 def run_case(kind: str, scenario: Scenario, conns: int, calls: int, workers: int,
-             workdir: str, root: Path = ROOT, spin: bool = False) -> dict:
+             workdir: str, root: Path = ROOT, spin: bool = False, pin: bool = False) -> dict:
     """One scenario at one concurrency against a fresh target process."""
     target = Target(kind, workdir, root)
     gens = None
     try:
         gens = Generators(target.path, [scenario], conns, workers, spin)
+        if pin:
+            pin_apart(target.pid, [proc.pid for proc in gens.procs])
         gens.run(conns * WARMUP_PER_CONN)
         cpu0 = _cpu(target.pid)
         stats = gens.run(calls)
@@ -303,6 +321,7 @@ def _meta(args: argparse.Namespace) -> dict:
         "baselines": [str(b) for b in args.baseline],
         "workers": args.workers,
         "spin": args.spin,
+        "pin": args.pin,
         "warmup_per_conn": WARMUP_PER_CONN,
         "cpu_source": "utime+stime of all threads (schedstat ns when available, else /proc stat)",
     }
@@ -350,7 +369,7 @@ def run_all(args: argparse.Namespace) -> dict:
             cases: dict[tuple[str, str], list[dict]] = {}
             for number in range(args.rounds):
                 floor = run_case("floor", FLOOR, conns, args.calls, args.workers, workdir,
-                                 spin=args.spin)
+                                 spin=args.spin, pin=args.pin)
                 floor["cpu_x_floor"] = 1.0
                 floor["round"] = number
                 cases.setdefault(("floor", FLOOR.name), []).append(floor)
@@ -360,7 +379,7 @@ def run_all(args: argparse.Namespace) -> dict:
                     calls = max(conns * 2, int(args.calls * sc.calls_scale))
                     for label, root in roots:
                         r = run_case("runner", sc, conns, calls, args.workers, workdir, root,
-                                     args.spin)
+                                     args.spin, args.pin)
                         r["target"] = label
                         r["cpu_x_floor"] = round(
                             r["cpu_us_per_call"] / floor["cpu_us_per_call"], 3)
@@ -446,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spin", action="store_true", default=os.environ.get("BENCH_SPIN") == "1",
                    help="generators poll without sleeping, so a target never pays for waking "
                         "them (their CPU then reads ~1.0 busy); env BENCH_SPIN=1")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction,
+                   default=os.environ.get("BENCH_PIN", "1") == "1",
+                   help="run each target on the first CPU and its generators on the others "
+                        "(default; --no-pin or BENCH_PIN=0 leaves placement to the scheduler)")
     p.add_argument("--noise", type=float, default=float(os.environ.get("BENCH_NOISE", "2")),
                    help="seconds to measure, before the cases, how often the machine stalls a "
                         "busy CPU (bench/noise.py), shown under the table; 0 skips it; env "

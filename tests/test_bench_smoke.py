@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from bench import noise
-from bench.run import main
+from bench.run import main, pin_apart
 
 FIELDS = {
     "scenario", "target", "conns", "calls", "ok", "bad", "errors", "lost", "first_error",
@@ -73,6 +76,7 @@ def test_the_figures_are_all_there_and_sane(report):
     vars_cases = [r for r in data["results"] if r["scenario"] == "vars"]
     assert all(r["extra_info"] == 3 * r["calls"] for r in vars_cases)
     assert data["meta"]["calls"] == 300 and data["meta"]["rounds"] == 2
+    assert data["meta"]["pin"] is True
 
 
 def test_the_run_records_the_machine_noise_it_ran_on(report):
@@ -103,3 +107,34 @@ def test_the_memory_mode_reports_growth(tmp_path):
     assert [s["calls"] for s in mem["samples"]][0] == 10000
     assert mem["rss_after_1e4_kib"] > 1000 and isinstance(mem["growth_pct"], float)
     assert code in (0, 1)  # growth over so few calls is noise; the mode itself must work
+
+
+@pytest.fixture
+def two_sleepers():
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+             for _ in range(2)]
+    yield [p.pid for p in procs]
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_pinning_puts_the_target_on_one_cpu_and_the_generators_on_the_others(two_sleepers):
+    target, generator = two_sleepers
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("pinning needs two CPUs; this machine lets the tests use one")
+    assert pin_apart(target, [generator])
+    assert os.sched_getaffinity(target) == {cpus[0]}
+    assert os.sched_getaffinity(generator) == set(cpus[1:])
+
+
+def test_pinning_is_left_out_on_one_cpu(two_sleepers):
+    target, generator = two_sleepers
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mine)})
+    try:
+        assert not pin_apart(target, [generator])
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert os.sched_getaffinity(target) == mine
